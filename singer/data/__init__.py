@@ -1,0 +1,1 @@
+"""Data: the SynthSing benchmark, media I/O, ingestion of video folders, clip datasets."""
