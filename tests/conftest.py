@@ -1,0 +1,24 @@
+"""Shared test settings: tiny CPU work, no network, an isolated MLflow store per test session."""
+
+import os
+
+# Tests must never reach the network, and must not write into the user's working directory.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(tmp_path, monkeypatch):
+    """Every test gets its own sqlite MLflow store unless it sets one itself."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads():
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
