@@ -1,0 +1,298 @@
+"""UNet3D: a small spatio-temporal UNet denoiser for audio-driven face video.
+
+The SINGER backbone in miniature: a 2-D conv UNet run on every frame (frames folded into the
+batch), with attention blocks after each ResBlock that mix information across frames
+(temporal self-attention, as AnimateDiff) and read the per-frame audio tokens (audio
+cross-attention at every resolution, as Hallo/SINGER). The SFM bottleneck filter sits
+between the mid block and the up path.
+
+Conditions (``None`` = dropped, for classifier-free guidance):
+
+* **audio** ``B×F×N×D``: per-frame tokens; frame f's spatial tokens attend to its N tokens.
+  Dropped → a learned null audio token for every frame.
+* **reference frame** ``B×C×H×W`` (identity): concatenated as extra input channels to every
+  frame, plus one "reference present" channel. The faces of a clip stay close to
+  pixel-aligned with the reference, so this cheap early fusion gives every conv direct
+  access to the identity (skin, hair, background); the deeper layers' receptive field covers
+  the head motion. Dropped → zeros in those channels with the presence channel at 0, so a
+  dropped reference is never confused with a real (e.g. grey) one.
+* **motion frames** ``B×C×M×H×W`` (the last M clean frames of the previous clip, to chain
+  long videos): prepended on the frame axis as context frames. Each frame gets a learned
+  frame-type embedding (context vs generated) added to its timestep embedding, and context
+  frames use the timestep embedding of t=0 since they are clean. Temporal attention reads
+  them; the output holds only the F generated frames. Generated frames always sit at frame
+  positions M..M+F-1 of the temporal position embedding, with or without context, so
+  dropping the motion frames does not shift the positions. ``motion_frames=0`` disables it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from singer.backbones.blocks import (
+    Downsample2d,
+    FrameTransformer,
+    ResBlock2d,
+    TimestepEmbedding,
+    Upsample2d,
+    norm2d,
+)
+from singer.backbones.sfm import build_bottleneck_filter
+from singer.registry import BACKBONES
+
+# Frame types for the frame-type embedding.
+GENERATED, CONTEXT = 0, 1
+
+
+@BACKBONES.register("unet3d")
+class UNet3D(nn.Module):
+    """Spatio-temporal UNet with per-frame audio cross-attention and an SFM bottleneck.
+
+    ``forward(x_t: B×C×F×H×W, t: B, audio: B×F×N×D | None, ref: B×C×H×W | None,
+    motion: B×C×M×H×W | None) → B×C×F×H×W``.
+
+    Args:
+        in_channels: channels C of the denoised video (3 in pixel space).
+        out_channels: output channels; ``None`` → ``in_channels``.
+        channels: widths of the resolution levels; H and W must be divisible by
+            ``2 ** (len(channels) - 1)``.
+        layers_per_block: ResBlocks per level on the down path (the up path has one more).
+        audio_dim: D, the width of the audio tokens.
+        attention_heads: heads of every attention block (must divide every width).
+        temporal_attention: temporal self-attention after every ResBlock.
+        audio_attention: audio cross-attention after every ResBlock (down, mid, up).
+        spatial_attention: spatial self-attention at the lowest resolution and in the mid block.
+        motion_frames: M, clean context frames from the previous clip (0 disables).
+        reference: condition on a reference frame (extra input channels).
+        bottleneck_filter: ``"sfm"`` or ``"none"``, after the mid block.
+        sfm_levels, sfm_wavelet: wavelet levels and name of the SFM.
+        dropout: dropout inside the ResBlocks.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        channels: Sequence[int] = (32, 64, 128),
+        layers_per_block: int = 1,
+        audio_dim: int = 64,
+        attention_heads: int = 4,
+        temporal_attention: bool = True,
+        audio_attention: bool = True,
+        spatial_attention: bool = True,
+        motion_frames: int = 2,
+        reference: bool = True,
+        bottleneck_filter: str = "sfm",
+        sfm_levels: int = 1,
+        sfm_wavelet: str = "haar",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if not channels:
+            raise ValueError("channels must list at least one width")
+        if motion_frames < 0:
+            raise ValueError(f"motion_frames must be >= 0, got {motion_frames}")
+        bad = [c for c in channels if c % attention_heads]
+        if bad:
+            raise ValueError(f"attention_heads={attention_heads} must divide every width in channels={channels}")
+        self.in_channels = in_channels
+        self.out_channels = in_channels if out_channels is None else out_channels
+        self.channels = channels
+        self.audio_dim = audio_dim
+        self.motion_frames = motion_frames
+        self.reference = reference
+        self.audio_attention = audio_attention
+        self.size_multiple = 2 ** (len(channels) - 1)
+
+        embed_dim = 4 * channels[0]
+        self.time_embed = TimestepEmbedding(channels[0], embed_dim)
+        if motion_frames > 0:
+            self.frame_type_embed = nn.Embedding(2, embed_dim)
+            nn.init.normal_(self.frame_type_embed.weight, std=0.02)
+        if audio_attention:
+            # Stands in for the audio tokens of frames without audio (dropped audio, context frames).
+            self.null_audio = nn.Parameter(torch.zeros(audio_dim))
+
+        def transformer(width: int, spatial: bool) -> FrameTransformer:
+            return FrameTransformer(
+                width,
+                attention_heads,
+                audio_dim,
+                spatial=spatial,
+                temporal=temporal_attention,
+                audio=audio_attention,
+            )
+
+        # The reference adds C channels plus one "reference present" channel to every frame.
+        conv_in_channels = in_channels + (in_channels + 1 if reference else 0)
+        self.conv_in = nn.Conv2d(conv_in_channels, channels[0], 3, padding=1)
+
+        # Down path; record the width of every skip connection for the up path.
+        skip_widths = [channels[0]]
+        width = channels[0]
+        self.down = nn.ModuleList()
+        for level, level_width in enumerate(channels):
+            lowest = level == len(channels) - 1
+            stage = nn.Module()
+            stage.resnets = nn.ModuleList()
+            stage.attentions = nn.ModuleList()
+            for _ in range(layers_per_block):
+                stage.resnets.append(ResBlock2d(width, level_width, embed_dim, dropout))
+                width = level_width
+                stage.attentions.append(transformer(width, spatial=lowest and spatial_attention))
+                skip_widths.append(width)
+            stage.downsample = None if lowest else Downsample2d(width)
+            if not lowest:
+                skip_widths.append(width)
+            self.down.append(stage)
+
+        # Mid block, then the bottleneck filter (SFM).
+        self.mid_res1 = ResBlock2d(width, width, embed_dim, dropout)
+        self.mid_attention = transformer(width, spatial=spatial_attention)
+        self.mid_res2 = ResBlock2d(width, width, embed_dim, dropout)
+        self.bottleneck = build_bottleneck_filter(bottleneck_filter, width, sfm_levels, sfm_wavelet)
+
+        # Up path: each ResBlock consumes one skip connection.
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(channels))):
+            lowest = level == len(channels) - 1
+            stage = nn.Module()
+            stage.resnets = nn.ModuleList()
+            stage.attentions = nn.ModuleList()
+            for _ in range(layers_per_block + 1):
+                stage.resnets.append(ResBlock2d(width + skip_widths.pop(), channels[level], embed_dim, dropout))
+                width = channels[level]
+                stage.attentions.append(transformer(width, spatial=lowest and spatial_attention))
+            stage.upsample = None if level == 0 else Upsample2d(width)
+            self.up.append(stage)
+
+        self.norm_out = norm2d(width)
+        self.conv_out = nn.Conv2d(width, self.out_channels, 3, padding=1)
+
+    # -- input checks -------------------------------------------------------------------
+    def _check_inputs(self, x_t, audio, ref, motion) -> None:
+        if x_t.dim() != 5:
+            raise ValueError(f"x_t must be B×C×F×H×W, got shape {tuple(x_t.shape)}")
+        b, c, f, h, w = x_t.shape
+        if c != self.in_channels:
+            raise ValueError(f"x_t has {c} channels but the backbone was built with in_channels={self.in_channels}")
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(
+                f"frame size {h}×{w} must be divisible by {self.size_multiple} "
+                f"(2 ** (len(channels) - 1) with channels={self.channels})"
+            )
+        if audio is not None:
+            if not self.audio_attention:
+                raise ValueError("audio tokens were given but the backbone has audio_attention=False")
+            if audio.dim() != 4 or audio.shape[:2] != (b, f) or audio.shape[-1] != self.audio_dim:
+                raise ValueError(
+                    f"audio must be B×F×N×D = {b}×{f}×N×{self.audio_dim}, got shape {tuple(audio.shape)}"
+                )
+        if ref is not None:
+            if not self.reference:
+                raise ValueError("a reference frame was given but the backbone has reference=False")
+            if tuple(ref.shape) != (b, c, h, w):
+                raise ValueError(f"ref must be B×C×H×W = {b}×{c}×{h}×{w}, got shape {tuple(ref.shape)}")
+        if motion is not None:
+            expected = (b, c, self.motion_frames, h, w)
+            if self.motion_frames == 0:
+                raise ValueError("motion frames were given but the backbone has motion_frames=0")
+            if tuple(motion.shape) != expected:
+                raise ValueError(
+                    f"motion must be B×C×M×H×W = {'×'.join(map(str, expected))}, got shape {tuple(motion.shape)}"
+                )
+
+    # -- forward ------------------------------------------------------------------------
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        audio: torch.Tensor | None = None,
+        ref: torch.Tensor | None = None,
+        motion: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Denoiser output for the F generated frames.
+
+        Args:
+            x_t: noisy video ``B×C×F×H×W``.
+            t: diffusion timesteps ``B`` (int64; a scalar is broadcast).
+            audio: audio tokens ``B×F×N×D`` or ``None`` (dropped → learned null token).
+            ref: reference frame ``B×C×H×W`` or ``None`` (dropped → zero channels, flag 0).
+            motion: clean context frames ``B×C×M×H×W`` or ``None`` (dropped → no context).
+
+        Returns:
+            ``B×C_out×F×H×W``.
+        """
+        self._check_inputs(x_t, audio, ref, motion)
+        b, c, f, h, w = x_t.shape
+        m = 0 if motion is None else motion.shape[2]
+        total = m + f
+        device, dtype = x_t.device, x_t.dtype
+
+        # Frames (context first) folded into the batch: (B·(M+F))×C×H×W.
+        frames = x_t if motion is None else torch.cat([motion.to(dtype), x_t], dim=2)
+        x = frames.transpose(1, 2).reshape(b * total, c, h, w)
+        if self.reference:
+            present = torch.ones if ref is not None else torch.zeros
+            ref_image = ref.to(dtype) if ref is not None else x_t.new_zeros(b, c, h, w)
+            ref_in = torch.cat([ref_image, present(b, 1, h, w, device=device, dtype=dtype)], dim=1)
+            x = torch.cat([x, ref_in.repeat_interleave(total, dim=0)], dim=1)
+
+        # Per-frame embedding: the timestep (0 for clean context frames) + the frame type.
+        t = torch.as_tensor(t, device=device)
+        t = t.expand(b) if t.dim() == 0 else t
+        emb = self.time_embed(t).unsqueeze(1).expand(b, total, -1)
+        if self.motion_frames > 0:
+            types = torch.full((total,), GENERATED, device=device, dtype=torch.long)
+            if m:
+                types[:m] = CONTEXT
+                clean = self.time_embed(torch.zeros(1, device=device)).unsqueeze(1).expand(b, m, -1)
+                emb = torch.cat([clean, emb[:, m:]], dim=1)
+            emb = emb + self.frame_type_embed(types)
+        emb = emb.reshape(b * total, -1)
+
+        # Audio tokens per frame: (B·(M+F))×N×D, the null token where there is no audio.
+        context = None
+        if self.audio_attention:
+            null = self.null_audio.to(dtype)
+            tokens = audio.to(dtype) if audio is not None else null.expand(b, f, 1, -1)
+            if m:
+                tokens = torch.cat([null.expand(b, m, tokens.shape[2], -1), tokens], dim=1)
+            context = tokens.reshape(b * total, tokens.shape[2], self.audio_dim)
+
+        # Generated frames keep positions M..M+F-1 whether or not context frames are present.
+        positions = torch.arange(self.motion_frames - m, self.motion_frames + f, device=device)
+
+        def attend(block: FrameTransformer, h_: torch.Tensor) -> torch.Tensor:
+            return block(h_, total, positions, context)
+
+        h_ = self.conv_in(x)
+        skips = [h_]
+        for stage in self.down:
+            for resnet, attention in zip(stage.resnets, stage.attentions):
+                h_ = attend(attention, resnet(h_, emb))
+                skips.append(h_)
+            if stage.downsample is not None:
+                h_ = stage.downsample(h_)
+                skips.append(h_)
+
+        h_ = self.mid_res1(h_, emb)
+        h_ = attend(self.mid_attention, h_)
+        h_ = self.mid_res2(h_, emb)
+        h_ = self.bottleneck(h_)
+
+        for stage in self.up:
+            for resnet, attention in zip(stage.resnets, stage.attentions):
+                h_ = resnet(torch.cat([h_, skips.pop()], dim=1), emb)
+                h_ = attend(attention, h_)
+            if stage.upsample is not None:
+                h_ = stage.upsample(h_)
+
+        out = self.conv_out(F.silu(self.norm_out(h_)))
+        out = out.reshape(b, total, self.out_channels, h, w)[:, m:]
+        return out.transpose(1, 2).contiguous()

@@ -1,0 +1,184 @@
+"""SINGER: an audio front-end + a video diffusion backbone + a codec + v-prediction diffusion.
+
+The paper's model is the ``msm`` front-end with the ``unet3d`` backbone and the SFM
+bottleneck. Every ablation (front-end, bottleneck on/off, MSM levels and wavelet) is a
+config override; ``AudioDrivenDiffusion`` itself does not know which parts it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from singer.diffusion import GaussianDiffusion, cfg_combine, drop_conditions
+from singer.models.spec import Conditions, ModelSpec, register_model_spec
+from singer.registry import BACKBONES, CODECS, FRONTENDS
+
+
+class AudioDrivenDiffusion(nn.Module):
+    """Generates frames ``B×3×F×H×W`` from audio, a reference frame and motion frames.
+
+    Classifier-free guidance: during training the audio tokens and the reference frame are
+    each zeroed for a random ``audio_dropout`` / ``ref_dropout`` fraction of the batch; the
+    unconditional branch at sampling zeroes the conditions named in ``guidance_drop`` the
+    same way, so training and sampling see the same "no condition" input.
+    """
+
+    def __init__(
+        self,
+        frontend: nn.Module,
+        backbone: nn.Module,
+        codec: nn.Module,
+        diffusion: GaussianDiffusion,
+        *,
+        audio_dropout: float = 0.05,
+        ref_dropout: float = 0.05,
+        guidance_drop: Sequence[str] = ("audio",),
+        motion_frames: int = 2,
+    ):
+        super().__init__()
+        unknown = set(guidance_drop) - {"audio", "ref"}
+        if unknown:
+            raise ValueError(f"guidance_drop accepts 'audio' and 'ref', got {sorted(unknown)}")
+        self.frontend = frontend
+        self.backbone = backbone
+        self.codec = codec
+        self.diffusion = diffusion
+        self.audio_dropout = audio_dropout
+        self.ref_dropout = ref_dropout
+        self.guidance_drop = tuple(guidance_drop)
+        self.motion_frames = motion_frames
+
+    # -- conditioning -------------------------------------------------------------------
+    def _encode_frames(self, frames: torch.Tensor | None) -> torch.Tensor | None:
+        """B×3×M×H×W (or B×3×H×W) pixels → latents of the same layout."""
+        if frames is None:
+            return None
+        if frames.dim() == 4:
+            return self.codec.encode(frames.unsqueeze(2)).squeeze(2)
+        return self.codec.encode(frames)
+
+    def _motion(self, motion: torch.Tensor | None) -> torch.Tensor | None:
+        if self.motion_frames == 0 or motion is None:
+            return None
+        return self._encode_frames(motion[:, :, -self.motion_frames :])
+
+    def _denoise(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        audio: torch.Tensor,
+        ref: torch.Tensor,
+        motion: torch.Tensor | None,
+        audio_keep: torch.Tensor,
+        ref_keep: torch.Tensor,
+    ) -> torch.Tensor:
+        num_frames = x_t.shape[2]
+        tokens = self.frontend(audio, num_frames, x_t=x_t, t=t)
+        tokens = tokens * audio_keep.to(tokens.dtype).view(-1, 1, 1, 1)
+        ref = ref * ref_keep.to(ref.dtype).view(-1, 1, 1, 1)
+        return self.backbone(x_t, t, tokens, ref, motion)
+
+    # -- training -----------------------------------------------------------------------
+    def training_loss(self, batch: dict, generator: torch.Generator | None = None):
+        """One diffusion training loss on a batch (layout in docs/architecture.md)."""
+        video = batch["video"]
+        x0 = self.codec.encode(video)
+        ref = self._encode_frames(batch["ref"])
+        motion = self._motion(batch.get("motion"))
+        audio = batch["audio"]
+        batch_size = video.shape[0]
+        audio_keep = ~drop_conditions(batch_size, self.audio_dropout, generator).to(video.device)
+        ref_keep = ~drop_conditions(batch_size, self.ref_dropout, generator).to(video.device)
+
+        def denoise(x_t, t):
+            return self._denoise(x_t, t, audio, ref, motion, audio_keep, ref_keep)
+
+        return self.diffusion.training_loss(denoise, x0, generator=generator)
+
+    # -- sampling -----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        conditions: Conditions,
+        *,
+        steps: int = 40,
+        guidance_scale: float = 3.5,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """DDIM sampling with classifier-free guidance → video B×3×F×H×W in [-1, 1]."""
+        audio, num_frames = conditions.audio, conditions.num_frames
+        device = audio.device
+        ref = self._encode_frames(conditions.ref)
+        motion = self._motion(conditions.motion)
+        batch_size = audio.shape[0]
+        keep = torch.ones(batch_size, dtype=torch.bool, device=device)
+        audio_keep_u = keep & ("audio" not in self.guidance_drop)
+        ref_keep_u = keep & ("ref" not in self.guidance_drop)
+        c, h, w = ref.shape[1], ref.shape[-2], ref.shape[-1]
+        shape = (batch_size, c, num_frames, h, w)
+
+        def denoise(x_t, t):
+            cond = self._denoise(x_t, t, audio, ref, motion, keep, keep)
+            if guidance_scale == 1.0:
+                return cond
+            uncond = self._denoise(x_t, t, audio, ref, motion, audio_keep_u, ref_keep_u)
+            return cfg_combine(cond, uncond, guidance_scale)
+
+        latents = self.diffusion.sample(
+            denoise, shape, steps=steps, generator=generator, device=device, dtype=ref.dtype, progress=progress
+        )
+        return self.codec.decode(latents).clamp(-1.0, 1.0)
+
+
+def _kwargs(section) -> dict:
+    """A config section without its ``name`` key, as plain Python kwargs."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(section, resolve=True) if not isinstance(section, dict) else dict(section)
+    data.pop("name", None)
+    return data
+
+
+def build_audio_driven_diffusion(cfg) -> AudioDrivenDiffusion:
+    """Build the model from a composed config (groups: frontend, backbone, codec, model, data)."""
+    model_cfg = cfg.model
+    codec = CODECS.build(cfg.model.codec.name, **_kwargs(cfg.model.codec))
+    frontend = FRONTENDS.build(
+        cfg.frontend.name,
+        sample_rate=cfg.data.sample_rate,
+        fps=cfg.data.fps,
+        cond_channels=codec.latent_channels,
+        **_kwargs(cfg.frontend),
+    )
+    backbone = BACKBONES.build(
+        cfg.backbone.name,
+        in_channels=codec.latent_channels,
+        audio_dim=frontend.dim,
+        motion_frames=model_cfg.motion_frames,
+        **_kwargs(cfg.backbone),
+    )
+    diffusion = GaussianDiffusion(**_kwargs(model_cfg.diffusion))
+    return AudioDrivenDiffusion(
+        frontend,
+        backbone,
+        codec,
+        diffusion,
+        audio_dropout=model_cfg.audio_dropout,
+        ref_dropout=model_cfg.ref_dropout,
+        guidance_drop=tuple(model_cfg.guidance_drop),
+        motion_frames=model_cfg.motion_frames,
+    )
+
+
+register_model_spec(
+    ModelSpec(
+        name="singer",
+        build=build_audio_driven_diffusion,
+        description="SINGER: audio front-end (msm by default) + unet3d with SFM bottleneck + v-pred diffusion",
+        config="singer",
+    )
+)

@@ -1,0 +1,80 @@
+"""ModelSpec: everything that differs between SINGER and a baseline, bundled by name.
+
+The trainer, generator, evaluator and sweep know only ModelSpecs (compare torchtitan's
+train spec and timm's ``register_model``). A baseline is one folder plus one
+``register_model_spec`` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from singer.registry import MODELS
+
+
+@dataclass
+class Conditions:
+    """What a clip is generated from.
+
+    audio:  B×S waveform (mono, ``sample_rate`` Hz), aligned with the F frames to generate.
+    ref:    B×3×H×W reference frame in [-1, 1] (identity).
+    motion: B×3×M×H×W frames that precede the clip (clean), or None at the start of a video.
+    """
+
+    audio: torch.Tensor
+    ref: torch.Tensor
+    num_frames: int
+    motion: torch.Tensor | None = None
+    extras: dict[str, Any] | None = None
+
+
+LossFn = Callable[[nn.Module, dict, torch.Generator | None], tuple[torch.Tensor, dict[str, float]]]
+SampleFn = Callable[..., torch.Tensor]
+
+
+def _method_loss(model: nn.Module, batch: dict, generator: torch.Generator | None):
+    return model.training_loss(batch, generator=generator)
+
+
+def _method_sample(model: nn.Module, conditions: Conditions, **options):
+    return model.generate(conditions, **options)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trainable, samplable model family.
+
+    build:   composed config (DictConfig) → nn.Module.
+    loss:    (model, batch, generator) → (scalar loss, float logs). Batch layout: docs/architecture.md.
+    sample:  (model, Conditions, steps=, guidance_scale=, generator=) → video B×3×F×H×W in [-1, 1].
+    config:  name of its default config in ``singer/conf/model/``.
+    """
+
+    name: str
+    build: Callable[[Any], nn.Module]
+    description: str = ""
+    loss: LossFn = _method_loss
+    sample: SampleFn = _method_sample
+    config: str | None = None
+
+    @property
+    def __doc__(self) -> str:  # shown by ``python -m singer.registry``
+        return self.description
+
+
+def register_model_spec(spec: ModelSpec) -> ModelSpec:
+    MODELS.register(spec.name, spec, doc=spec.description)
+    return spec
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    return MODELS.get(name)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,195 @@
+"""The one module that talks to MLflow.
+
+Embedded default: ``sqlite:///mlflow.db`` in the working directory. On a cluster, point
+``MLFLOW_TRACKING_URI`` (or ``tracking.uri``) at a shared ``mlflow server``.
+
+Every run records the flattened config as params, the git commit and package versions as
+tags, and tags for the front-end, backbone and model so runs group in the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+TRACKED_PACKAGES = (
+    "torch", "torchaudio", "torchvision", "timm", "diffusers", "ptwt", "PyWavelets", "numpy",
+    "optuna", "mlflow", "submitit", "hydra-core", "decord", "av", "scikit-learn", "singer-harness",
+)  # fmt: skip
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on one param value
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """``explicit`` → ``$MLFLOW_TRACKING_URI`` → ``sqlite:///<cwd>/mlflow.db``."""
+    if explicit:
+        return str(explicit)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def client(uri: str | None = None):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    resolved = tracking_uri(uri)
+    mlflow.set_tracking_uri(resolved)
+    return MlflowClient(tracking_uri=resolved)
+
+
+def get_or_create_experiment(name: str, uri: str | None = None) -> str:
+    """Experiment id for ``name``. Create it in one process (the driver) before parallel jobs
+    start: concurrent first writers race on the sqlite schema."""
+    c = client(uri)
+    experiment = c.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            c.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return c.create_experiment(name)
+    except Exception:  # created by someone else in the meantime
+        experiment = c.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> dict[str, str]:
+    """Commit and dirty flag of the checkout this package runs from ("unknown" outside git)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+        return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[f"version.{name}"] = "not installed"
+    return versions
+
+
+def environment_tags() -> dict[str, str]:
+    """Tags that make a run reproducible: git commit, package versions, python, host."""
+    return {
+        **git_commit(),
+        **package_versions(),
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+    }
+
+
+class Run:
+    """A handle on one MLflow run. Methods are safe to call from a single process only."""
+
+    def __init__(self, run_id: str, uri: str | None = None):
+        self.run_id = run_id
+        self.uri = tracking_uri(uri)
+        self._client = client(self.uri)
+
+    @property
+    def info(self):
+        return self._client.get_run(self.run_id).info
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self._client.get_run(self.run_id).data.params
+        items = []
+        for key, value in params.items():
+            text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            text = text[:MAX_PARAM_LENGTH]
+            if key in existing:  # params are immutable in MLflow: a resumed run logs each once
+                continue
+            items.append(Param(key, text))
+        for start in range(0, len(items), 100):
+            self._client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()]
+        for start in range(0, len(items), 500):
+            self._client.log_batch(self.run_id, metrics=items[start : start + 500])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        if items:
+            self._client.log_batch(self.run_id, tags=items)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self._client.log_dict(self.run_id, data, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        self._client.log_text(self.run_id, text, name)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """status: FINISHED | FAILED | KILLED."""
+        self._client.set_terminated(self.run_id, status=status)
+
+    def mark_running(self) -> None:
+        self._client.update_run(self.run_id, status="RUNNING")
+
+
+def start_run(
+    experiment: str,
+    *,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    uri: str | None = None,
+    experiment_id: str | None = None,
+) -> Run:
+    """Create a run (nested under ``parent_run_id`` when given) with the environment tags."""
+    c = client(uri)
+    exp_id = experiment_id or get_or_create_experiment(experiment, uri)
+    all_tags = {**environment_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(exp_id, run_name=run_name, tags=all_tags)
+    return Run(run.info.run_id, uri)
+
+
+def resume_run(run_id: str, uri: str | None = None) -> Run:
+    run = Run(run_id, uri)
+    run.mark_running()
+    return run
+
+
+def search_runs(experiment: str, uri: str | None = None, filter_string: str = ""):
+    """DataFrame of the runs of an experiment (``mlflow.search_runs``)."""
+    import mlflow
+
+    client(uri)
+    return mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string)

@@ -1,0 +1,34 @@
+"""``python -m singer.train [overrides]``: train one model from the composed config.
+
+Examples:
+    python -m singer.train trainer=cpu_tiny                       # SINGER (msm + unet3d + SFM)
+    python -m singer.train trainer=cpu_tiny frontend=mel backbone.bottleneck_filter=none
+    python -m singer.train trainer=cpu_tiny out_dir=runs/a trainer.resume=true   # continue a run
+    python -m singer.train -m frontend=mel,msm trainer=cpu_tiny hydra/launcher=submitit_local
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from singer.config import validate
+from singer.trainer import train
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    validate(cfg)
+    out_dir = cfg.out_dir or HydraConfig.get().runtime.output_dir
+    result = train(cfg, out_dir)
+    print(
+        f"done: {result.step} steps, loss {result.first_loss:.4f} → {result.final_loss:.4f}"
+        + (f", val {result.val_loss:.4f}" if result.val_loss is not None else "")
+        + f"\ncheckpoint: {result.checkpoint}\nmlflow run: {result.run_id}"
+    )
+    return result.val_loss  # what Hydra sweepers optimise
+
+
+if __name__ == "__main__":
+    main()
