@@ -174,4 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run as ``-m``, this file is ``__main__``: use the importable module's registries, which
+    # are the ones the plugins register into.
+    from singer.registry import main as _main
+
+    raise SystemExit(_main())

@@ -357,7 +357,7 @@ class Trainer:
                     break
                 batch = _to_device(_resize_batch(batch, self.tc.size), self.device)
                 loss, logs = self._loss(self.model, batch, self.noise_gen)
-                if not torch.isfinite(loss):
+                if not torch.isfinite(loss.detach()):
                     raise NonFiniteLossError(f"loss is {float(loss)} at step {self.step}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -366,7 +366,7 @@ class Trainer:
                 self.scheduler.step()
                 self.ema.update(self.model)
                 self.step += 1
-                last_loss = float(loss)
+                last_loss = loss.item()
                 self.losses.append(last_loss)
                 window.append(last_loss)
                 bar.update(1)

@@ -158,7 +158,9 @@ class _SpectralFilter(nn.Module):
     def _blend(self, x: torch.Tensor, filtered: torch.Tensor) -> torch.Tensor:
         if self.gate is None:
             return filtered
-        weight = torch.sigmoid(self.gate(x))
+        # The gate conv may live in another dtype than the float32/64 compute path.
+        conv_dtype = self.gate.weight.dtype
+        weight = torch.sigmoid(self.gate(x.to(conv_dtype))).to(x.dtype)
         return x + weight * (filtered - x)
 
 

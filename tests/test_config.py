@@ -32,7 +32,10 @@ def test_unknown_registry_name_is_rejected_with_known_names():
 def test_import_targets_are_rejected():
     with pytest.raises(ConfigError, match="_target_"):
         compose(["+frontend._target_=os.system"])
+    from omegaconf import OmegaConf
+
     cfg = compose([])
+    OmegaConf.set_struct(cfg, False)
     cfg.backbone["_target_"] = "builtins.eval"
     with pytest.raises(ConfigError, match=r"backbone\._target_"):
         validate(cfg)

@@ -109,11 +109,15 @@ class Downsample2d(nn.Module):
 
 
 class Upsample2d(nn.Module):
-    """Nearest ×2 then 3×3 conv: ``N×C×H×W → N×C×2H×2W``."""
+    """Nearest ×2 then 3×3 conv: ``N×C_in×H×W → N×C_out×2H×2W``.
 
-    def __init__(self, channels: int):
+    The conv already maps to the (smaller) width of the next level, which halves the cost of
+    the most expensive conv of the up path compared with keeping ``C_in``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(in_channels, out_channels or in_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

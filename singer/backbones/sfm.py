@@ -12,7 +12,10 @@ every frame independently.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+from singer.wavelets import SpectralFilter2d
 
 BOTTLENECK_FILTERS = ("sfm", "none")
 
@@ -22,13 +25,13 @@ class SpectralBottleneck(nn.Module):
 
     def __init__(self, channels: int, levels: int = 1, wavelet: str = "haar"):
         super().__init__()
-        # Imported here so that building a backbone without SFM does not need the wavelet stack.
-        from singer.wavelets import SpectralFilter2d
-
         self.filter = SpectralFilter2d(channels, levels=levels, wavelet=wavelet, gate=True)
 
-    def forward(self, x):
-        return self.filter(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The wavelet transforms are convolutions that autocast would run in bf16/fp16, which
+        # ptwt rejects; the filter is cheap at the bottleneck resolution, so run it in fp32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.filter(x.float()).to(x.dtype)
 
 
 def build_bottleneck_filter(name: str, channels: int, levels: int = 1, wavelet: str = "haar") -> nn.Module:

@@ -3,8 +3,13 @@
 The SINGER backbone in miniature: a 2-D conv UNet run on every frame (frames folded into the
 batch), with attention blocks after each ResBlock that mix information across frames
 (temporal self-attention, as AnimateDiff) and read the per-frame audio tokens (audio
-cross-attention at every resolution, as Hallo/SINGER). The SFM bottleneck filter sits
-between the mid block and the up path.
+cross-attention at every resolution, as Hallo/SINGER); the mid block adds spatial
+self-attention. The SFM bottleneck filter sits between the mid block and the up path.
+
+Layout: down levels of ``layers_per_block`` × (ResBlock → attention stack), one skip per
+level; mid = ResBlock → attention stack → ResBlock → bottleneck filter; up levels mirror
+the down path (upsample, concatenate the skip, ResBlocks). See ``blocks.FrameTransformer``
+for the attention stack.
 
 Conditions (``None`` = dropped, for classifier-free guidance):
 
@@ -60,12 +65,13 @@ class UNet3D(nn.Module):
         out_channels: output channels; ``None`` → ``in_channels``.
         channels: widths of the resolution levels; H and W must be divisible by
             ``2 ** (len(channels) - 1)``.
-        layers_per_block: ResBlocks per level on the down path (the up path has one more).
+        layers_per_block: ResBlock + attention layers per level, on the down and on the up path.
         audio_dim: D, the width of the audio tokens.
         attention_heads: heads of every attention block (must divide every width).
         temporal_attention: temporal self-attention after every ResBlock.
         audio_attention: audio cross-attention after every ResBlock (down, mid, up).
-        spatial_attention: spatial self-attention at the lowest resolution and in the mid block.
+        spatial_attention: spatial self-attention in the mid block (the lowest resolution, where
+            H·W is small enough for it to be cheap).
         motion_frames: M, clean context frames from the previous clip (0 disables).
         reference: condition on a reference frame (extra input channels).
         bottleneck_filter: ``"sfm"`` or ``"none"``, after the mid block.
@@ -95,6 +101,8 @@ class UNet3D(nn.Module):
         channels = tuple(int(c) for c in channels)
         if not channels:
             raise ValueError("channels must list at least one width")
+        if layers_per_block < 1:
+            raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}")
         if motion_frames < 0:
             raise ValueError(f"motion_frames must be >= 0, got {motion_frames}")
         bad = [c for c in channels if c % attention_heads]
@@ -132,8 +140,7 @@ class UNet3D(nn.Module):
         conv_in_channels = in_channels + (in_channels + 1 if reference else 0)
         self.conv_in = nn.Conv2d(conv_in_channels, channels[0], 3, padding=1)
 
-        # Down path; record the width of every skip connection for the up path.
-        skip_widths = [channels[0]]
+        # Down path: ResBlock + attention stack per layer; one skip connection per level.
         width = channels[0]
         self.down = nn.ModuleList()
         for level, level_width in enumerate(channels):
@@ -144,11 +151,8 @@ class UNet3D(nn.Module):
             for _ in range(layers_per_block):
                 stage.resnets.append(ResBlock2d(width, level_width, embed_dim, dropout))
                 width = level_width
-                stage.attentions.append(transformer(width, spatial=lowest and spatial_attention))
-                skip_widths.append(width)
+                stage.attentions.append(transformer(width, spatial=False))
             stage.downsample = None if lowest else Downsample2d(width)
-            if not lowest:
-                skip_widths.append(width)
             self.down.append(stage)
 
         # Mid block, then the bottleneck filter (SFM).
@@ -157,18 +161,20 @@ class UNet3D(nn.Module):
         self.mid_res2 = ResBlock2d(width, width, embed_dim, dropout)
         self.bottleneck = build_bottleneck_filter(bottleneck_filter, width, sfm_levels, sfm_wavelet)
 
-        # Up path: each ResBlock consumes one skip connection.
+        # Up path, lowest level first: (upsample to this level's width,) concatenate the level's
+        # skip, then the same number of ResBlock + attention layers as on the way down.
         self.up = nn.ModuleList()
         for level in reversed(range(len(channels))):
-            lowest = level == len(channels) - 1
+            level_width = channels[level]
             stage = nn.Module()
+            stage.upsample = None if level == len(channels) - 1 else Upsample2d(width, level_width)
+            width = level_width
             stage.resnets = nn.ModuleList()
             stage.attentions = nn.ModuleList()
-            for _ in range(layers_per_block + 1):
-                stage.resnets.append(ResBlock2d(width + skip_widths.pop(), channels[level], embed_dim, dropout))
-                width = channels[level]
-                stage.attentions.append(transformer(width, spatial=lowest and spatial_attention))
-            stage.upsample = None if level == 0 else Upsample2d(width)
+            for layer in range(layers_per_block):
+                in_width = 2 * width if layer == 0 else width
+                stage.resnets.append(ResBlock2d(in_width, width, embed_dim, dropout))
+                stage.attentions.append(transformer(width, spatial=False))
             self.up.append(stage)
 
         self.norm_out = norm2d(width)
@@ -186,22 +192,16 @@ class UNet3D(nn.Module):
                 f"frame size {h}×{w} must be divisible by {self.size_multiple} "
                 f"(2 ** (len(channels) - 1) with channels={self.channels})"
             )
-        if audio is not None:
-            if not self.audio_attention:
-                raise ValueError("audio tokens were given but the backbone has audio_attention=False")
+        if audio is not None and self.audio_attention:
             if audio.dim() != 4 or audio.shape[:2] != (b, f) or audio.shape[-1] != self.audio_dim:
                 raise ValueError(
                     f"audio must be B×F×N×D = {b}×{f}×N×{self.audio_dim}, got shape {tuple(audio.shape)}"
                 )
-        if ref is not None:
-            if not self.reference:
-                raise ValueError("a reference frame was given but the backbone has reference=False")
+        if ref is not None and self.reference:
             if tuple(ref.shape) != (b, c, h, w):
                 raise ValueError(f"ref must be B×C×H×W = {b}×{c}×{h}×{w}, got shape {tuple(ref.shape)}")
-        if motion is not None:
+        if motion is not None and self.motion_frames > 0:
             expected = (b, c, self.motion_frames, h, w)
-            if self.motion_frames == 0:
-                raise ValueError("motion frames were given but the backbone has motion_frames=0")
             if tuple(motion.shape) != expected:
                 raise ValueError(
                     f"motion must be B×C×M×H×W = {'×'.join(map(str, expected))}, got shape {tuple(motion.shape)}"
@@ -227,8 +227,16 @@ class UNet3D(nn.Module):
 
         Returns:
             ``B×C_out×F×H×W``.
+
+        A condition is ignored when its path is switched off (``audio_attention=False``,
+        ``reference=False``, ``motion_frames=0``).
         """
         self._check_inputs(x_t, audio, ref, motion)
+        # A condition whose path is switched off (an ablation) is ignored, so callers need not
+        # know which paths the backbone has.
+        audio = audio if self.audio_attention else None
+        ref = ref if self.reference else None
+        motion = motion if self.motion_frames > 0 else None
         b, c, f, h, w = x_t.shape
         m = 0 if motion is None else motion.shape[2]
         total = m + f
@@ -238,9 +246,10 @@ class UNet3D(nn.Module):
         frames = x_t if motion is None else torch.cat([motion.to(dtype), x_t], dim=2)
         x = frames.transpose(1, 2).reshape(b * total, c, h, w)
         if self.reference:
-            present = torch.ones if ref is not None else torch.zeros
-            ref_image = ref.to(dtype) if ref is not None else x_t.new_zeros(b, c, h, w)
-            ref_in = torch.cat([ref_image, present(b, 1, h, w, device=device, dtype=dtype)], dim=1)
+            if ref is None:  # dropped: a zero image with the presence flag at 0
+                ref_in = x_t.new_zeros(b, c + 1, h, w)
+            else:
+                ref_in = torch.cat([ref.to(dtype), x_t.new_ones(b, 1, h, w)], dim=1)
             x = torch.cat([x, ref_in.repeat_interleave(total, dim=0)], dim=1)
 
         # Per-frame embedding: the timestep (0 for clean context frames) + the frame type.
@@ -272,14 +281,13 @@ class UNet3D(nn.Module):
             return block(h_, total, positions, context)
 
         h_ = self.conv_in(x)
-        skips = [h_]
+        skips = []
         for stage in self.down:
             for resnet, attention in zip(stage.resnets, stage.attentions):
                 h_ = attend(attention, resnet(h_, emb))
-                skips.append(h_)
+            skips.append(h_)
             if stage.downsample is not None:
                 h_ = stage.downsample(h_)
-                skips.append(h_)
 
         h_ = self.mid_res1(h_, emb)
         h_ = attend(self.mid_attention, h_)
@@ -287,11 +295,11 @@ class UNet3D(nn.Module):
         h_ = self.bottleneck(h_)
 
         for stage in self.up:
-            for resnet, attention in zip(stage.resnets, stage.attentions):
-                h_ = resnet(torch.cat([h_, skips.pop()], dim=1), emb)
-                h_ = attend(attention, h_)
             if stage.upsample is not None:
                 h_ = stage.upsample(h_)
+            h_ = torch.cat([h_, skips.pop()], dim=1)
+            for resnet, attention in zip(stage.resnets, stage.attentions):
+                h_ = attend(attention, resnet(h_, emb))
 
         out = self.conv_out(F.silu(self.norm_out(h_)))
         out = out.reshape(b, total, self.out_channels, h, w)[:, m:]

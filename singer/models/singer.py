@@ -146,7 +146,7 @@ def _kwargs(section) -> dict:
 def build_audio_driven_diffusion(cfg) -> AudioDrivenDiffusion:
     """Build the model from a composed config (groups: frontend, backbone, codec, model, data)."""
     model_cfg = cfg.model
-    codec = CODECS.build(cfg.model.codec.name, **_kwargs(cfg.model.codec))
+    codec = CODECS.build(cfg.codec.name, **_kwargs(cfg.codec))
     frontend = FRONTENDS.build(
         cfg.frontend.name,
         sample_rate=cfg.data.sample_rate,

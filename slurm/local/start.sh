@@ -62,15 +62,24 @@ for cmd in munged munge mariadbd mariadb-install-db mariadb slurmdbd slurmctld s
     command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' not found; run slurm/local/install.sh first (as root)"
 done
 [[ "$(id -u)" -eq 0 ]] || die "must run as root (SlurmUser=root); the daemons need it"
+# The paths go unquoted into SLURM's config files.
+[[ "$STATE" != *[[:space:]]* ]] || die "the state folder path may not contain spaces: $STATE"
 # Unix socket paths are limited to 107 bytes.
 ((${#MUNGE_SOCKET} < 100)) || die "state folder path too long for a unix socket: $STATE (use a shorter one)"
 
 mkdir -p "$ETC" "$RUN" "$LOG" "$SPOOL/ctld" "$SPOOL/d" "$DATADIR" "$MUNGE_DIR"
 
+# alive PID: the process exists and is not a zombie waiting to be reaped.
+alive() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n "$state" && "$state" != Z ]]
+}
+
 # Refuse to start twice over the same state folder.
 for name in munged mariadb slurmdbd slurmctld slurmd; do
     pidfile=$RUN/$name.pid
-    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    if [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")"; then
         die "$name is already running (pid $(cat "$pidfile")) for $STATE; run slurm/local/stop.sh $STATE first"
     fi
     rm -f "$pidfile"
@@ -102,7 +111,7 @@ wait_for() {
     shift 3
     local deadline=$((SECONDS + TIMEOUT))
     until "$@" >/dev/null 2>&1; do
-        if ! kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+        if ! alive "$(cat "$RUN/$name.pid")"; then
             tail -n 20 "$logfile" "$LOG/$name.out" >&2 2>/dev/null || true
             die "$name exited while waiting for $what; see $logfile and $LOG/$name.out"
         fi
@@ -116,7 +125,7 @@ wait_for() {
 
 # ---- munge: authentication between every SLURM client and daemon -------------------
 if [[ ! -s "$MUNGE_DIR/munge.key" ]]; then
-    head -c 1024 /dev/urandom >"$MUNGE_DIR/munge.key"
+    (umask 077 && head -c 1024 /dev/urandom >"$MUNGE_DIR/munge.key")
 fi
 chmod 700 "$MUNGE_DIR"
 chmod 400 "$MUNGE_DIR/munge.key"
@@ -187,7 +196,9 @@ SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire also sets how long a requeued job waits before it may start again: 120 s by
+# default, far too long for tests of preemption and requeue.
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$SPOOL/ctld
 SlurmdSpoolDir=$SPOOL/d
@@ -201,9 +212,14 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-SchedulerParameters=batch_sched_delay=0
+# batch_sched_delay=0: no ~3 s wait per job. sched_interval / bf_interval: a job that
+# becomes eligible later (a requeued one) starts within a second, not up to a minute.
+SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1
 MailProg=/bin/true
 MinJobAge=3600
+# submitit ignores SIGTERM, so a cancelled job holds its CPUs until SIGKILL, KillWait
+# seconds later (30 by default).
+KillWait=5
 # Preempted / timed-out jobs may be requeued (submitit's checkpoint + scontrol requeue).
 JobRequeue=1
 ReturnToService=2
@@ -230,9 +246,9 @@ start_daemon slurmd slurmd -D -N localhost
 node_idle() { [[ "$(sinfo -h -n localhost -o %T)" == idle ]]; }
 wait_for slurmd "$LOG/slurmd.log" "node 'localhost' to become idle (sinfo)" node_idle
 
-cat >"$STATE/env.sh" <<EOF
-# Written by slurm/local/start.sh: source it to point SLURM clients at this cluster.
-export SLURM_CONF=$SLURM_CONF
-export SINGER_SLURM_DIR=$STATE
-EOF
+{
+    echo "# Written by slurm/local/start.sh: source it to point SLURM clients at this cluster."
+    echo "export SLURM_CONF=$SLURM_CONF"
+    echo "export SINGER_SLURM_DIR=$STATE"
+} >"$STATE/env.sh"
 echo "start.sh: cluster '$CLUSTER' is up (node localhost idle, $CPUS CPUs); source $STATE/env.sh"

@@ -1,0 +1,251 @@
+"""Training windows over a prepared clip cache (see :mod:`singer.data.prepare`).
+
+Every clip is cut into fixed windows of ``num_frames``; item ``i`` is always the same window
+with the same reference frame, so runs are reproducible without hidden random state.
+
+Split. Sources (original video files) are assigned to train or val by a stable hash of their
+path, so all clips of one video land on the same side. The assignment is made over every
+source in the cache before ``kinds`` filters, so a source never switches sides between
+configurations. With tiny data the hash may leave a side empty: when ``val_fraction > 0`` and
+there are at least two sources, the source with the lowest hash is moved into val (or the one
+with the highest hash into train), so both sides always have at least one source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from singer.data.media import fit_length
+
+# The default collate already does what we need: tensors are stacked, bools become a bool
+# tensor, ints an int64 tensor, and strings (clip_id, kind) lists of strings.
+collate = default_collate
+
+SPLITS = ("train", "val", "all")
+
+# Same names and order as ``singer.data.synth.FACE_CUES``; used only if that module is absent.
+_FALLBACK_FACE_CUES = ("mouth_open", "mouth_width", "brow", "sway", "eye_close", "nod")
+
+
+def face_cue_names() -> tuple[str, ...]:
+    """The per-frame cue names, in the order of the ``cues`` tensor's last axis."""
+    try:
+        from singer.data.synth import FACE_CUES
+    except ImportError:
+        return _FALLBACK_FACE_CUES
+    return tuple(FACE_CUES)
+
+
+def read_index(cache_dir: str | Path) -> list[dict]:
+    """The clip records of a prepared cache (``CACHE/index.jsonl``), in file order."""
+    index = Path(cache_dir) / "index.jsonl"
+    if not index.is_file():
+        raise FileNotFoundError(
+            f"{cache_dir} is not a prepared clip cache (no index.jsonl); "
+            f"run python -m singer.data.prepare --src VIDEOS --out {cache_dir} first"
+        )
+    with open(index, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _unit_hash(text: str) -> float:
+    """A stable number in [0, 1) for ``text`` (unlike ``hash()``, the same in every process)."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def split_sources(sources: list[str], val_fraction: float) -> set[str]:
+    """The sources that belong to the validation split (see the module docstring)."""
+    ranked = sorted(set(sources), key=_unit_hash)
+    val = {source for source in ranked if _unit_hash(source) < val_fraction}
+    if val_fraction > 0 and len(ranked) >= 2:
+        if not val:
+            val = {ranked[0]}
+        elif len(val) == len(ranked):
+            val.discard(ranked[-1])
+    return val
+
+
+def _npz_memmap(path: Path, name: str) -> np.ndarray | None:
+    """Memory-map one array of an uncompressed ``.npz`` (None if it is compressed or odd).
+
+    ``np.load(mmap_mode=...)`` ignores the mode for ``.npz``, but a stored (uncompressed) zip
+    member is a plain ``.npy`` file at a known offset, which ``np.memmap`` can map directly.
+    """
+    with zipfile.ZipFile(path) as archive:
+        try:
+            info = archive.getinfo(f"{name}.npy")
+        except KeyError:
+            return None
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local_header = handle.read(30)
+        if local_header[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", local_header[26:30])
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            return None
+        offset = handle.tell()
+    if dtype.hasobject:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+
+
+def load_clip(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(frames F×H×W×3 uint8, audio S float32)`` of one cached clip, memory-mapped when possible."""
+    path = Path(path)
+    frames, audio = _npz_memmap(path, "frames"), _npz_memmap(path, "audio")
+    if frames is None or audio is None:
+        with np.load(path) as data:
+            frames, audio = data["frames"], data["audio"]
+    return frames, audio
+
+
+class ClipDataset(Dataset):
+    """Fixed windows of ``num_frames`` over the clips of a prepared cache.
+
+    Item ``i`` is a dict:
+
+    - ``video`` ``3×F×H×W`` float32 in [-1, 1] (F = ``num_frames``)
+    - ``audio`` ``S`` float32 mono, the samples under the window, ``S = F / fps · sr``
+    - ``ref`` ``3×H×W``: a frame of the same clip, fixed per window by a hash of
+      (``seed``, clip id, window start)
+    - ``motion`` ``3×M×H×W``: the M frames just before the window; where the clip has fewer,
+      its first frame is repeated in front
+    - ``cues`` ``F×K`` float32 per-frame truth in :func:`face_cue_names` order (zeros without truth)
+    - ``has_cues`` bool, ``clip_id`` str, ``kind`` str, ``start`` int (first frame in the clip)
+
+    Arrays are memory-mapped on first use and kept per process (each DataLoader worker keeps
+    its own), so loading a window reads only its bytes.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        *,
+        num_frames: int = 8,
+        motion_frames: int = 2,
+        split: str = "train",
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        kinds: list[str] | tuple[str, ...] | None = None,
+        stride: int | None = None,
+    ):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if num_frames < 1 or motion_frames < 0 or (stride is not None and stride < 1):
+            raise ValueError("num_frames and stride must be ≥ 1 and motion_frames ≥ 0")
+        self.cache_dir = Path(cache_dir)
+        self.num_frames, self.motion_frames = int(num_frames), int(motion_frames)
+        self.stride = int(stride or num_frames)
+        self.split, self.seed = split, int(seed)
+        self.cue_names = face_cue_names()
+
+        records = read_index(self.cache_dir)
+        if not records:
+            raise ValueError(f"{self.cache_dir} holds no clips; see {self.cache_dir / 'report.json'} for why")
+        rates = {(float(r["fps"]), int(r["sample_rate"])) for r in records}
+        if len(rates) != 1:
+            raise ValueError(f"{self.cache_dir} mixes frame/sample rates {sorted(rates)}; prepare it again")
+        (self.fps, self.sample_rate), = rates
+        self.num_samples = round(self.num_frames * self.sample_rate / self.fps)
+
+        self.val_sources = split_sources([r["source"] for r in records], val_fraction)
+        if split == "train":
+            records = [r for r in records if r["source"] not in self.val_sources]
+        elif split == "val":
+            records = [r for r in records if r["source"] in self.val_sources]
+        if kinds is not None:
+            wanted = {str(kind) for kind in kinds}
+            records = [r for r in records if r.get("kind", "unknown") in wanted]
+
+        self.clips = records
+        self.windows: list[tuple[int, int]] = []  # (position in self.clips, first frame)
+        self._cues: list[np.ndarray | None] = []
+        for position, clip in enumerate(records):
+            last_start = int(clip["num_frames"]) - self.num_frames
+            self.windows.extend((position, start) for start in range(0, last_start + 1, self.stride))
+            self._cues.append(self._cue_matrix(clip))
+        if not self.windows and split != "val":
+            raise ValueError(
+                f"no {split} windows of {self.num_frames} frames in {self.cache_dir} "
+                f"({len(records)} clips after the split and kinds filters)"
+            )
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _cue_matrix(self, clip: dict) -> np.ndarray | None:
+        """``F_clip×K`` truth of one clip, or None when it lacks any of the face cues."""
+        truth = clip.get("truth") or {}
+        if not all(name in truth for name in self.cue_names):
+            return None
+        return np.stack([np.asarray(truth[name], dtype=np.float32) for name in self.cue_names], axis=1)
+
+    def __getstate__(self):
+        # Memory maps are per process; a DataLoader worker opens its own.
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def _open(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        if position not in self._arrays:
+            self._arrays[position] = load_clip(self.cache_dir / self.clips[position]["file"])
+        return self._arrays[position]
+
+    def reference_index(self, index: int) -> int:
+        """The frame of the clip used as ``ref`` for window ``index`` (deterministic)."""
+        position, start = self.windows[index]
+        clip = self.clips[position]
+        pick = _unit_hash(f"{self.seed}:{clip['clip_id']}:{start}")
+        return int(pick * int(clip["num_frames"]))
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.windows):
+            raise IndexError(f"window {index} out of range (dataset has {len(self.windows)})")
+        position, start = self.windows[index]
+        clip = self.clips[position]
+        frames, audio = self._open(position)
+        stop = start + self.num_frames
+
+        def to_video(array: np.ndarray) -> torch.Tensor:
+            """``N×H×W×3`` uint8 → ``3×N×H×W`` float in [-1, 1]."""
+            tensor = torch.from_numpy(np.array(array, dtype=np.float32))
+            return (tensor / 127.5 - 1.0).permute(3, 0, 1, 2).contiguous()
+
+        motion_rows = [max(0, start - self.motion_frames + k) for k in range(self.motion_frames)]
+        first_sample = round(start * self.sample_rate / self.fps)
+        wave = fit_length(audio[first_sample : first_sample + self.num_samples], self.num_samples)
+        cues = self._cues[position]
+        if cues is not None:
+            window_cues = cues[start:stop]
+        else:
+            window_cues = np.zeros((self.num_frames, len(self.cue_names)), dtype=np.float32)
+        return {
+            "video": to_video(frames[start:stop]),
+            "audio": torch.from_numpy(np.array(wave, dtype=np.float32)),
+            "ref": to_video(frames[self.reference_index(index)][None])[:, 0],
+            "motion": to_video(frames[motion_rows]) if motion_rows else torch.zeros(3, 0, *frames.shape[1:3]),
+            "cues": torch.from_numpy(np.array(window_cues, dtype=np.float32)),
+            "has_cues": cues is not None,
+            "clip_id": str(clip["clip_id"]),
+            "kind": str(clip.get("kind") or "unknown"),
+            "start": int(start),
+        }

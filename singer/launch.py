@@ -1,0 +1,450 @@
+"""The one module that talks to submitit: executors for ``debug`` | ``local`` | ``slurm:<profile>``.
+
+A *launcher* string says where jobs run:
+
+- ``debug``: in this process, one after the other, when their result is asked for
+  (breakpoints work; submitit opens pdb when a job raises);
+- ``local``: as subprocesses on this machine, all at once;
+- ``slurm:<profile>``: on a SLURM cluster, with the sbatch settings of
+  ``slurm/profiles/<profile>.yaml`` (schema in ``slurm/README.md``).
+
+Profiles are looked up first in the folders listed in ``$SINGER_SLURM_PROFILES``
+(``os.pathsep``-separated), then in the repository's ``slurm/profiles``.
+
+Jobs that must survive preemption or a time limit subclass :class:`CheckpointableJob`.
+:func:`job_states` and :func:`wait` summarise job progress for displays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+
+REPO_PROFILES = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+PROFILES_ENV = "SINGER_SLURM_PROFILES"
+LAUNCHERS = ("debug", "local", "slurm:<profile>")
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+# sbatch options a profile may set through ``additional``. Options that submitit sets itself
+# (output, error, array, signal, job-name, open-mode, ...) or that have their own profile
+# key (partition, time, gpus-per-node, ...) are left out on purpose.
+ADDITIONAL_ALLOWED = frozenset(
+    {
+        "begin", "comment", "cores_per_socket", "cpus_per_gpu", "distribution", "exclude",
+        "exclusive", "gpu_bind", "gpu_freq", "gpus_per_task", "gres", "hint", "licenses",
+        "mail_type", "mail_user", "mem_per_cpu", "mem_per_gpu", "network", "nice", "nodelist",
+        "prefer", "requeue", "reservation", "sockets_per_node", "switches", "threads_per_core",
+        "wckey",
+    }
+)  # fmt: skip
+
+
+class ProfileError(ValueError):
+    """A SLURM profile is missing, misnamed or invalid."""
+
+
+class LaunchError(ValueError):
+    """A launcher spec or executor request cannot be honoured."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmProfile:
+    """One cluster's sbatch settings, read from ``slurm/profiles/<name>.yaml``.
+
+    ``time_min`` is the longest time limit a job may request with this profile (usually
+    the partition's limit); each job asks for its own ``timeout_min`` up to that.
+    ``max_requeue`` is how often a preempted or timed-out job is requeued (submitit's
+    ``max_num_timeout``); ``signal_delay_s`` is how long before the time limit USR2 arrives.
+    ``None`` means "the cluster's default" (no sbatch option is written).
+    """
+
+    name: str
+    path: Path
+    description: str = ""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    cpus_per_task: int = 1
+    mem_gb: float | None = None
+    time_min: int = 60
+    constraint: str | None = None
+    array_parallelism: int | None = None
+    setup: tuple[str, ...] = ()
+    max_requeue: int = 3
+    signal_delay_s: int = 90
+    additional: dict[str, str | int | bool] = dataclasses.field(default_factory=dict)
+
+
+# key -> (what is allowed, checker returning the cleaned value or raising ValueError)
+def _opt_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\n" in value or "\r" in value:
+        raise ValueError
+    return value.strip()
+
+
+def _int_at_least(low: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError
+        return value
+
+    return check
+
+
+def _opt_int_at_least(low: int) -> Callable[[Any], int | None]:
+    check = _int_at_least(low)
+    return lambda value: None if value is None else check(value)
+
+
+def _opt_positive_number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError
+    return value
+
+
+def _str_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError
+    return value.strip()
+
+
+def _setup_lines(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError
+    lines = []
+    for line in value:
+        if not isinstance(line, str) or "\n" in line or "\r" in line:
+            raise ValueError
+        lines.append(line)
+    return tuple(lines)
+
+
+_SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "description": ("a string", _str_text),
+    "partition": ("a one-line string or null", _opt_str),
+    "account": ("a one-line string or null", _opt_str),
+    "qos": ("a one-line string or null", _opt_str),
+    "nodes": ("an integer >= 1", _int_at_least(1)),
+    "gpus_per_node": ("an integer >= 0", _int_at_least(0)),
+    "tasks_per_node": ("an integer >= 1", _int_at_least(1)),
+    "cpus_per_task": ("an integer >= 1", _int_at_least(1)),
+    "mem_gb": ("a number > 0 or null", _opt_positive_number),
+    "time_min": ("an integer >= 1 (minutes)", _int_at_least(1)),
+    "constraint": ("a one-line string or null", _opt_str),
+    "array_parallelism": ("an integer >= 1 or null", _opt_int_at_least(1)),
+    "setup": ("a list of one-line shell strings", _setup_lines),
+    "max_requeue": ("an integer >= 0", _int_at_least(0)),
+    "signal_delay_s": ("an integer >= 0 (seconds)", _int_at_least(0)),
+    "additional": ("a mapping of sbatch options (see below)", lambda v: v),
+}
+
+
+def _check_additional(path: Path, value: Any) -> dict[str, str | int | bool]:
+    if value is None:
+        return {}
+    allowed = ", ".join(sorted(ADDITIONAL_ALLOWED))
+    if not isinstance(value, dict):
+        raise ProfileError(f"{path}: key 'additional': must be a mapping of sbatch options; allowed options: {allowed}")
+    out: dict[str, str | int | bool] = {}
+    for raw_key, item in value.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in ADDITIONAL_ALLOWED:
+            raise ProfileError(
+                f"{path}: key 'additional.{raw_key}': not an allowed sbatch option; allowed options: {allowed}"
+            )
+        if item is True or (isinstance(item, int) and not isinstance(item, bool) and item >= 0):
+            out[key] = item
+        elif isinstance(item, str) and item.strip() and "\n" not in item and "\r" not in item:
+            out[key] = item.strip()
+        else:
+            raise ProfileError(
+                f"{path}: key 'additional.{raw_key}': got {item!r}; allowed: a one-line string, "
+                "an integer >= 0, or true for a flag (remove the key to unset it)"
+            )
+    return out
+
+
+def profile_dirs() -> list[Path]:
+    """Folders searched for profiles, in order: ``$SINGER_SLURM_PROFILES``, then the repository's."""
+    dirs = [Path(p) for p in os.environ.get(PROFILES_ENV, "").split(os.pathsep) if p]
+    return [*dirs, REPO_PROFILES]
+
+
+def available_profiles() -> list[str]:
+    """Names of every profile found in :func:`profile_dirs`."""
+    names = {p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.yaml")}
+    return sorted(n for n in names if _PLAIN_NAME.match(n))
+
+
+def _check_profile_name(name: str) -> None:
+    if not isinstance(name, str) or not _PLAIN_NAME.match(name):
+        raise ProfileError(
+            f"SLURM profile name {name!r} is not a plain name (letters, digits, '_' and '-', "
+            f"no paths); available profiles: {', '.join(available_profiles()) or 'none'}"
+        )
+
+
+def load_profile(name: str) -> SlurmProfile:
+    """Read and validate ``<name>.yaml`` from the first profile folder that has it."""
+    _check_profile_name(name)
+    dirs = profile_dirs()
+    path = next((d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()), None)
+    if path is None:
+        raise ProfileError(
+            f"unknown SLURM profile {name!r}; available: {', '.join(available_profiles()) or 'none'} "
+            f"(searched {', '.join(str(d) for d in dirs)}; set ${PROFILES_ENV} to add a folder)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: must be a YAML mapping of profile keys; allowed keys: {', '.join(_SCHEMA)}")
+
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _SCHEMA:
+            raise ProfileError(f"{path}: unknown key {key!r}; allowed keys: {', '.join(_SCHEMA)}")
+        allowed, check = _SCHEMA[key]
+        if key == "additional":
+            values[key] = _check_additional(path, value)
+            continue
+        try:
+            values[key] = check(value)
+        except ValueError:
+            raise ProfileError(f"{path}: key {key!r}: got {value!r}; allowed: {allowed}") from None
+    return SlurmProfile(name=name, path=path, **values)
+
+
+def parse_launcher(spec: str) -> tuple[str, str | None]:
+    """``"debug"`` → ``("debug", None)``, ``"local"`` → ``("local", None)``,
+    ``"slurm:<profile>"`` → ``("slurm", "<profile>")``; anything else is an error."""
+    if not isinstance(spec, str):
+        raise LaunchError(f"launcher must be a string, one of {', '.join(LAUNCHERS)}; got {spec!r}")
+    spec = spec.strip()
+    if spec in ("debug", "local"):
+        return spec, None
+    if spec == "slurm" or spec.startswith("slurm:"):
+        profile = spec[len("slurm:") :].strip() if spec.startswith("slurm:") else ""
+        if not profile:
+            raise LaunchError(
+                f"launcher {spec!r} needs a profile: 'slurm:<profile>'; "
+                f"available profiles: {', '.join(available_profiles()) or 'none'}"
+            )
+        try:
+            _check_profile_name(profile)
+        except ProfileError as err:
+            raise LaunchError(f"launcher {spec!r}: {err}") from None
+        return "slurm", profile
+    raise LaunchError(f"unknown launcher {spec!r}; use one of: {', '.join(LAUNCHERS)}")
+
+
+def make_executor(
+    launcher: str,
+    folder: str | Path,
+    *,
+    timeout_min: int,
+    name: str = "singer",
+    cpus_per_task: int | None = None,
+    array_parallelism: int | None = None,
+    max_requeue: int | None = None,
+) -> submitit.Executor:
+    """A submitit executor for ``launcher`` writing its job files under ``folder``.
+
+    ``timeout_min`` is each job's time limit (always set: submitit's own defaults are a few
+    minutes). For ``slurm:<profile>`` it may not exceed the profile's ``time_min``;
+    ``cpus_per_task``, ``array_parallelism`` and ``max_requeue`` override the profile's.
+    ``local`` honours only ``timeout_min``, ``name`` and ``max_requeue``; ``debug`` runs
+    in-process and ignores limits. Use a fresh ``folder`` per sweep: SLURM job ids restart
+    when a cluster is rebuilt, and a reused folder would then return stale results.
+    """
+    kind, profile_name = parse_launcher(launcher)
+    if isinstance(timeout_min, bool) or not isinstance(timeout_min, int) or timeout_min < 1:
+        raise LaunchError(f"timeout_min must be an integer >= 1 (minutes); got {timeout_min!r}")
+    for key, value in (("cpus_per_task", cpus_per_task), ("array_parallelism", array_parallelism)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise LaunchError(f"{key} must be an integer >= 1 or None; got {value!r}")
+    if max_requeue is not None and (isinstance(max_requeue, bool) or not isinstance(max_requeue, int) or max_requeue < 0):
+        raise LaunchError(f"max_requeue must be an integer >= 0 or None; got {max_requeue!r}")
+    folder = Path(folder)
+
+    # The cluster is always named: AutoExecutor would pick SLURM by itself whenever srun is on PATH.
+    if kind == "debug":
+        executor = submitit.AutoExecutor(folder, cluster="debug")
+        executor.update_parameters(timeout_min=timeout_min, name=name)
+        return executor
+    if kind == "local":
+        extra = {} if max_requeue is None else {"local_max_num_timeout": max_requeue}
+        executor = submitit.AutoExecutor(folder, cluster="local", **extra)
+        executor.update_parameters(timeout_min=timeout_min, name=name)
+        return executor
+
+    profile = load_profile(profile_name)
+    if timeout_min > profile.time_min:
+        raise LaunchError(
+            f"timeout_min={timeout_min} exceeds the time_min={profile.time_min} of SLURM profile "
+            f"{profile.name!r} ({profile.path}); ask for less or raise time_min there"
+        )
+    if profile.signal_delay_s >= timeout_min * 60:
+        raise LaunchError(
+            f"timeout_min={timeout_min} leaves no time before the preemption signal: profile "
+            f"{profile.name!r} sends USR2 {profile.signal_delay_s} s before the limit ({profile.path})"
+        )
+    try:
+        executor = submitit.AutoExecutor(
+            folder,
+            cluster="slurm",
+            slurm_max_num_timeout=profile.max_requeue if max_requeue is None else max_requeue,
+        )
+    except RuntimeError as err:
+        raise LaunchError(
+            f"launcher {launcher!r} needs the SLURM client commands (srun, sbatch, sacct) on PATH "
+            f"and SLURM_CONF pointing at a cluster ({err})"
+        ) from err
+    params: dict[str, Any] = {
+        "timeout_min": timeout_min,
+        "name": name,
+        "nodes": profile.nodes,
+        "tasks_per_node": profile.tasks_per_node,
+        "cpus_per_task": cpus_per_task or profile.cpus_per_task,
+        "mem_gb": profile.mem_gb,
+        "slurm_partition": profile.partition,
+        "slurm_account": profile.account,
+        "slurm_qos": profile.qos,
+        "slurm_constraint": profile.constraint,
+        "slurm_array_parallelism": array_parallelism or profile.array_parallelism,
+        "slurm_setup": list(profile.setup) or None,
+        "slurm_signal_delay_s": profile.signal_delay_s,
+        "slurm_additional_parameters": dict(profile.additional) or None,
+    }
+    if profile.gpus_per_node:  # "--gpus-per-node=0" is rejected by clusters without GPUs
+        params["gpus_per_node"] = profile.gpus_per_node
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return executor
+
+
+class CheckpointableJob:
+    """Base class for job callables that survive preemption and time limits.
+
+    Contract for subclasses:
+
+    - ``__call__(*args, **kwargs)`` does the work and returns the result. It keeps its
+      progress in files it owns (for example under a folder given as an argument), saves
+      them often enough and atomically (write a temporary file, then ``os.replace``), and
+      on every start resumes from what was saved.
+    - A restart must give the same result as an uninterrupted run.
+    - Instances must pickle (plain attributes): submitit pickles the object again when it
+      checkpoints.
+
+    When SLURM is about to stop the job (USR2 ``signal_delay_s`` before the time limit, or
+    on preemption), submitit calls :meth:`checkpoint`; the returned submission (this same
+    object with the same arguments) is requeued, at most ``max_requeue`` times, and
+    ``__call__`` runs again from the top. For multi-task jobs only rank 0 checkpoints.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__")
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+STATES = ("queued", "running", "done", "failed")
+_QUEUED = {
+    "QUEUED", "PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "READY", "CONFIGURING",
+    "RESIZING", "SUSPENDED", "PREEMPTED", "UNKNOWN", "RESV_DEL_HOLD",
+}  # fmt: skip
+_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
+
+
+def _results_written(job: submitit.Job) -> bool:
+    tasks = [job] if job.num_tasks == 1 else [job.task(i) for i in range(job.num_tasks)]
+    return all(t.paths.result_pickle.exists() for t in tasks)
+
+
+def job_state(job: submitit.Job) -> str:
+    """One of ``queued``, ``running``, ``done`` (returned a result) or ``failed`` (raised,
+    was cancelled, or ended without a result). Never blocks; debug jobs are not run."""
+    if isinstance(job, submitit.DebugJob):
+        state = job.state
+        if state == "DONE":
+            return "failed" if job.exception() is not None else "done"
+        return "failed" if state == "CANCELLED" else "queued"
+    if _results_written(job):
+        return "failed" if job.exception() is not None else "done"
+    state = (job.state or "UNKNOWN").split()[0].upper()  # e.g. "CANCELLED by 0"
+    if state in _RUNNING:
+        return "running"
+    if state in _QUEUED:
+        return "queued"
+    # Ended. The result file may have appeared since the first look.
+    if _results_written(job):
+        return "failed" if job.exception() is not None else "done"
+    return "failed"
+
+
+def job_states(jobs: Iterable[submitit.Job], *, refresh: bool = False) -> dict[str, int]:
+    """Count jobs per state: ``{"queued": n, "running": n, "done": n, "failed": n}``.
+
+    ``refresh=True`` first asks SLURM (one ``sacct`` call for all jobs) instead of using
+    submitit's cached view, which it refreshes at most every few minutes for old jobs.
+    """
+    jobs = list(jobs)
+    if refresh and any(isinstance(j, submitit.SlurmJob) for j in jobs):
+        submitit.SlurmJob.watcher.update()
+    counts = dict.fromkeys(STATES, 0)
+    for job in jobs:
+        counts[job_state(job)] += 1
+    return counts
+
+
+def wait(
+    jobs: Sequence[submitit.Job],
+    poll_s: float = 5.0,
+    *,
+    timeout_s: float | None = None,
+    on_progress: Callable[[dict[str, int]], None] | None = None,
+) -> dict[str, int]:
+    """Poll until every job is done or failed; returns the final :func:`job_states` counts.
+
+    ``on_progress`` gets the counts after each poll (for a progress display). Debug jobs run
+    here, in this process. Raises ``TimeoutError`` after ``timeout_s`` seconds.
+    """
+    for job in jobs:
+        if isinstance(job, submitit.DebugJob):
+            try:
+                job.result()
+            except Exception:  # recorded in the job; job_state reports it as failed
+                pass
+    start = time.monotonic()
+    while True:
+        counts = job_states(jobs, refresh=True)
+        if on_progress is not None:
+            on_progress(counts)
+        if counts["done"] + counts["failed"] == len(jobs):
+            return counts
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"jobs still unfinished after {timeout_s:.0f} s: {counts}")
+        time.sleep(poll_s)

@@ -1,0 +1,13 @@
+"""Sweeps: ``python -m singer.sweep sweeps/X.yaml`` (Optuna picks, submitit runs, MLflow records).
+
+- :mod:`singer.sweeps.spec`: the sweep file format and its validation (``load_sweep``);
+- :mod:`singer.sweeps.trial`: the job that trains one (trial, seed) and reports to Optuna;
+- :mod:`singer.sweeps.driver`: the ask/submit/tell loop, resume and the MLflow summary;
+- :mod:`singer.sweeps.progress`: the live display.
+
+The format is documented in ``sweeps/README.md``.
+"""
+
+from singer.sweeps.spec import SweepSpec, SweepSpecError, load_sweep
+
+__all__ = ["SweepSpec", "SweepSpecError", "load_sweep"]

@@ -1,0 +1,573 @@
+"""The sweep file format and its validation.
+
+A sweep file is YAML (format in ``sweeps/README.md``). :func:`load_sweep` checks all of it
+before anything is launched: unknown keys at any level, bad ranges, unknown metrics, a bad
+launcher, and every override the sweep can produce is composed with
+:func:`singer.config.compose`, so an unknown registry name or a ``_target_`` fails here.
+Each error names the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TOP_KEYS = (
+    "name", "description", "overrides", "space", "variants", "sampler", "pruner", "objectives",
+    "seeds", "limits", "launcher", "timeout_min", "max_requeue", "mlflow",
+)  # fmt: skip
+PARAM_TYPES = {
+    "choice": ("type", "values"),
+    "int": ("type", "low", "high", "step"),
+    "float": ("type", "low", "high"),
+    "logfloat": ("type", "low", "high"),
+}
+SAMPLERS = {"grid": ("type", "seed"), "tpe": ("type", "seed", "startup_trials"), "random": ("type", "seed")}
+PRUNERS = {
+    "none": ("type",),
+    "median": ("type", "metric", "warmup_steps", "startup_trials", "interval_steps"),
+    "hyperband": ("type", "metric", "min_resource", "max_resource", "reduction_factor"),
+}
+DIRECTIONS = ("minimize", "maximize")
+# What a trial job can return: the trainer's result (singer.trainer.TrainResult) plus any
+# ``eval/...`` metric logged into the trial's MLflow run.
+OBJECTIVE_METRICS = ("val/loss", "train/loss", "final/train_loss", "final/val_loss", "final/first_loss")
+EVAL_PREFIX = "eval/"
+# What the trainer hands its reporter at every validation: the values pruning can look at.
+REPORTED_METRICS = ("val/loss", "train/loss")
+LIMIT_KEYS = ("trials", "parallel")
+MLFLOW_KEYS = ("experiment", "tracking_uri")
+# Keys the sweep sets itself for every job; a sweep file may not set them.
+RESERVED_KEYS = ("seed", "out_dir", "trainer.resume", "tracking")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+VARIANT_PARAM = "variant"  # the Optuna param that names a variant trial
+
+
+class SweepSpecError(ValueError):
+    """A sweep file that cannot run; the message names the file, the key and what is allowed."""
+
+
+# -- Hydra override text ----------------------------------------------------------------------
+_PLAIN_STRING = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
+_HYDRA_WORDS = {"true", "false", "null", "nan", "inf", "-inf", "+inf"}
+
+
+def hydra_value(value: Any) -> str:
+    """A Python value as Hydra override text: ``[16,32,64]``, ``1e-05``, ``db2``, ``'a b'``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        if _PLAIN_STRING.match(value) and value.lower() not in _HYDRA_WORDS:
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"  # quoted: stays a string
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a Hydra override value")
+
+
+def override_key(override: str) -> str:
+    """The config key an override string sets: ``+a.b=1`` → ``a.b``, ``frontend=mel`` → ``frontend``."""
+    key = override.split("=", 1)[0].strip()
+    return key.lstrip("+~")
+
+
+def merge_overrides(*groups: Iterable[str]) -> list[str]:
+    """Concatenate override lists; a later override of the same key replaces an earlier one
+    (in the earlier one's place), so a variant's ``frontend=mel`` replaces the base ``frontend=msm``."""
+    merged: dict[str, str] = {}  # a dict keeps a key where it was first inserted
+    for group in groups:
+        for override in group:
+            merged[override_key(override)] = override
+    return list(merged.values())
+
+
+# -- the spec ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    """One search-space dimension: a Hydra config key (``frontend.levels``, or a group: ``frontend``)."""
+
+    key: str
+    type: str  # choice | int | float | logfloat
+    values: tuple = ()  # choice: the values as written in the sweep file
+    low: float | int | None = None
+    high: float | int | None = None
+    step: int = 1
+
+    def choices(self) -> list:
+        """Choice values as Optuna stores them: lists/dicts become their Hydra text (Optuna
+        categoricals hold only str/int/float/bool/None)."""
+        return [hydra_value(v) if isinstance(v, (list, tuple, Mapping)) else v for v in self.values]
+
+    def distribution(self):
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.type == "choice":
+            return CategoricalDistribution(self.choices())
+        if self.type == "int":
+            return IntDistribution(int(self.low), int(self.high), step=int(self.step))
+        return FloatDistribution(float(self.low), float(self.high), log=self.type == "logfloat")
+
+    def grid_values(self) -> list:
+        if self.type == "choice":
+            return self.choices()
+        if self.type == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step)))
+        raise SweepSpecError(f"param {self.key!r} of type {self.type} has no grid")
+
+    def override(self, value: Any) -> str:
+        """The override for an Optuna param value (choice text maps back to the written value)."""
+        if self.type == "choice":
+            for stored, written in zip(self.choices(), self.values):
+                if stored == value and type(stored) is type(value):
+                    return f"{self.key}={hydra_value(written)}"
+            raise ValueError(f"{value!r} is not one of the choices of {self.key}: {self.choices()}")
+        return f"{self.key}={hydra_value(int(value) if self.type == 'int' else float(value))}"
+
+    def as_dict(self) -> dict:
+        data: dict[str, Any] = {"type": self.type}
+        if self.type == "choice":
+            data["values"] = list(self.values)
+        else:
+            data.update(low=self.low, high=self.high)
+            if self.type == "int":
+                data["step"] = self.step
+        return data
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str  # minimize | maximize
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What one Optuna trial runs (once per seed)."""
+
+    variant: str  # a name from ``variants``, or "" for a point of the search space
+    params: dict  # as Optuna stores them
+    overrides: tuple[str, ...]  # this configuration's own overrides (added to the base ones)
+
+    def label(self) -> str:
+        return self.variant or " ".join(self.overrides) or "(base)"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    path: Path
+    name: str
+    description: str
+    overrides: tuple[str, ...]
+    space: tuple[Param, ...]
+    variants: dict[str, tuple[str, ...]]
+    sampler: str
+    sampler_seed: int
+    tpe_startup_trials: int | None
+    pruner: dict  # {"type": ..., plus that pruner's options}; metric filled in
+    objectives: tuple[Objective, ...]
+    seeds: tuple[int, ...]
+    trials: int | None  # number of configurations; None = the whole grid
+    parallel: int
+    launcher: str
+    timeout_min: int
+    max_requeue: int
+    experiment: str
+    tracking_uri: str | None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    def variant_configurations(self) -> list[Configuration]:
+        return [Configuration(name, {VARIANT_PARAM: name}, tuple(ovr)) for name, ovr in self.variants.items()]
+
+    def grid_configurations(self) -> list[Configuration]:
+        """Variants first (references early make comparisons and pruning meaningful sooner),
+        then the cartesian product of the search space in file order."""
+        configs = self.variant_configurations()
+        if self.space:
+            for combo in itertools.product(*(p.grid_values() for p in self.space)):
+                params = {p.key: v for p, v in zip(self.space, combo)}
+                configs.append(Configuration("", params, tuple(p.override(v) for p, v in zip(self.space, combo))))
+        return configs
+
+    def target_trials(self, max_trials: int | None = None) -> int:
+        """How many configurations (Optuna trials) the sweep runs in total."""
+        if self.sampler == "grid":
+            total = len(self.grid_configurations())
+            if self.trials is not None:
+                total = min(total, self.trials)
+        else:
+            total = int(self.trials)
+        return total if max_trials is None else min(total, max_trials)
+
+    def planned_configurations(self, max_trials: int | None = None) -> list[Configuration]:
+        """Configurations fixed before sampling: the grid (up to the trial limit), or the variants."""
+        target = self.target_trials(max_trials)
+        if self.sampler == "grid":
+            return self.grid_configurations()[:target]
+        return self.variant_configurations()[:target]
+
+    def configuration_for(self, params: Mapping[str, Any]) -> Configuration:
+        """Rebuild a trial's configuration from its Optuna params."""
+        if VARIANT_PARAM in params and self.variants and params[VARIANT_PARAM] in self.variants:
+            name = params[VARIANT_PARAM]
+            return Configuration(name, dict(params), tuple(self.variants[name]))
+        overrides = tuple(p.override(params[p.key]) for p in self.space if p.key in params)
+        return Configuration("", {p.key: params[p.key] for p in self.space if p.key in params}, overrides)
+
+    def identity(self) -> dict:
+        """What may not change when a sweep is resumed (trials already run depend on it)."""
+        return {
+            "name": self.name,
+            "overrides": list(self.overrides),
+            "space": {p.key: p.as_dict() for p in self.space},
+            "variants": {k: list(v) for k, v in self.variants.items()},
+            "sampler": self.sampler,
+            "objectives": [[o.metric, o.direction] for o in self.objectives],
+            "seeds": list(self.seeds),
+        }
+
+    def summary_params(self) -> dict[str, str]:
+        """Flat description of the sweep, logged as params of the parent MLflow run."""
+        return {
+            "sweep.name": self.name,
+            "sweep.sampler": self.sampler,
+            "sweep.sampler_seed": str(self.sampler_seed),
+            "sweep.pruner": json.dumps(self.pruner),
+            "sweep.objectives": ", ".join(f"{o.direction} {o.metric}" for o in self.objectives),
+            "sweep.seeds": json.dumps(list(self.seeds)),
+            "sweep.trials": str(self.trials),
+            "sweep.parallel": str(self.parallel),
+            "sweep.launcher": self.launcher,
+            "sweep.timeout_min": str(self.timeout_min),
+            "sweep.max_requeue": str(self.max_requeue),
+            "sweep.overrides": json.dumps(list(self.overrides)),
+            "sweep.space": json.dumps({p.key: p.as_dict() for p in self.space}),
+            "sweep.variants": json.dumps({k: list(v) for k, v in self.variants.items()}),
+        }
+
+
+# -- loading and validation -------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where ``1e-3`` (no dot) is a string; sweep files are full of
+    learning rates written that way, so read them as floats (as YAML 1.2 does)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+class _Checker:
+    """Builds errors that name the file and the key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def error(self, key: str, problem: str, allowed: str | None = None) -> SweepSpecError:
+        text = f"{self.path}: key '{key}': {problem}"
+        if allowed:
+            text += f"; allowed: {allowed}"
+        return SweepSpecError(text)
+
+    def mapping(self, key: str, value: Any, allowed_keys: Sequence[str], required: Sequence[str] = ()) -> dict:
+        if not isinstance(value, Mapping):
+            raise self.error(key, f"must be a mapping, got {type(value).__name__} {value!r}",
+                             f"a mapping with keys {', '.join(allowed_keys)}")  # fmt: skip
+        for k in value:
+            if k not in allowed_keys:
+                raise self.error(f"{key}.{k}" if key else str(k), "unknown key", ", ".join(allowed_keys))
+        for k in required:
+            if k not in value:
+                raise self.error(f"{key}.{k}" if key else k, "is required", ", ".join(allowed_keys))
+        return dict(value)
+
+    def integer(self, key: str, value: Any, low: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+            raise self.error(key, f"got {value!r}", f"an integer >= {low}" if low is not None else "an integer")
+        return value
+
+    def number(self, key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.error(key, f"got {value!r}", "a finite number")
+        return value
+
+    def string(self, key: str, value: Any, pattern: re.Pattern | None = None, what: str = "a string") -> str:
+        if not isinstance(value, str) or not value.strip() or (pattern is not None and not pattern.match(value)):
+            raise self.error(key, f"got {value!r}", what)
+        return value.strip()
+
+    def overrides(self, key: str, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.error(key, f"must be a list of Hydra override strings, got {value!r}",
+                             "a list such as [trainer=cpu_tiny, frontend.levels=2]")  # fmt: skip
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or "=" not in item or not override_key(item):
+                raise self.error(f"{key}[{i}]", f"got {item!r}", "a Hydra override string 'key=value'")
+            self.not_reserved(f"{key}[{i}]", override_key(item))
+            out.append(item.strip())
+        return tuple(out)
+
+    def not_reserved(self, key: str, config_key: str) -> None:
+        for reserved in RESERVED_KEYS:
+            if config_key == reserved or config_key.startswith(reserved + "."):
+                raise self.error(
+                    key, f"sets '{config_key}', which the sweep sets for every job",
+                    "seeds go in 'seeds', the MLflow experiment in 'mlflow', output dirs are per trial",
+                )  # fmt: skip
+
+
+def _param(check: _Checker, key: str, value: Any) -> Param:
+    where = f"space.{key}"
+    if not KEY_PATTERN.match(str(key)):
+        raise check.error(where, "is not a config key", "a dotted Hydra config key such as frontend.levels")
+    check.not_reserved(where, str(key))
+    if not isinstance(value, Mapping) or "type" not in value:
+        raise check.error(where, f"must be a mapping with a 'type', got {value!r}",
+                          "type: " + " | ".join(PARAM_TYPES))  # fmt: skip
+    kind = value["type"]
+    if kind not in PARAM_TYPES:
+        raise check.error(f"{where}.type", f"unknown type {kind!r}", " | ".join(PARAM_TYPES))
+    required = ("type", "values") if kind == "choice" else ("type", "low", "high")
+    check.mapping(where, value, PARAM_TYPES[kind], required=required)
+    if kind == "choice":
+        values = value["values"]
+        if not isinstance(values, list) or not values:
+            raise check.error(f"{where}.values", f"got {values!r}", "a non-empty list")
+        stored = Param(key, kind, tuple(values)).choices()
+        if len({json.dumps(v) for v in stored}) != len(stored):
+            raise check.error(f"{where}.values", f"has duplicates: {values!r}", "distinct values")
+        for v in values:
+            hydra_value(v)  # unrepresentable values fail early
+        return Param(key, kind, tuple(values))
+    if kind == "int":
+        low = check.integer(f"{where}.low", value["low"])
+        high = check.integer(f"{where}.high", value["high"])
+        step = check.integer(f"{where}.step", value.get("step", 1), low=1)
+        if low >= high:
+            raise check.error(where, f"low={low} >= high={high}", "low < high")
+        if (high - low) % step:
+            raise check.error(f"{where}.step", f"step={step} does not divide high - low = {high - low}",
+                              "a step that reaches high from low")  # fmt: skip
+        return Param(key, kind, low=low, high=high, step=step)
+    low = check.number(f"{where}.low", value["low"])
+    high = check.number(f"{where}.high", value["high"])
+    if low >= high:
+        raise check.error(where, f"low={low} >= high={high}", "low < high")
+    if kind == "logfloat" and low <= 0:
+        raise check.error(f"{where}.low", f"low={low} for a log scale", "low > 0")
+    return Param(key, kind, low=float(low), high=float(high))
+
+
+def _metric(check: _Checker, key: str, value: Any, allowed: Sequence[str], eval_prefix: bool) -> str:
+    allowed_text = ", ".join(allowed) + (f", or any '{EVAL_PREFIX}...' metric" if eval_prefix else "")
+    if not isinstance(value, str):
+        raise check.error(key, f"got {value!r}", allowed_text)
+    if value in allowed or (eval_prefix and value.startswith(EVAL_PREFIX) and len(value) > len(EVAL_PREFIX)):
+        return value
+    raise check.error(key, f"unknown metric {value!r}", allowed_text)
+
+
+def check_launcher(path: Path | str, key: str, launcher: Any, timeout_min: int) -> str:
+    """Validate a launcher spec (and, for SLURM, that its profile exists and allows the timeout)."""
+    from singer.launch import LaunchError, ProfileError, load_profile, parse_launcher
+
+    check = _Checker(Path(path))
+    allowed = "debug | local | slurm:<profile>"
+    try:
+        kind, profile = parse_launcher(launcher)
+        if kind == "slurm":
+            prof = load_profile(profile)
+            if timeout_min > prof.time_min:
+                raise check.error("timeout_min", f"{timeout_min} exceeds time_min={prof.time_min} of SLURM "
+                                  f"profile {profile!r} ({prof.path})", f"at most {prof.time_min}")  # fmt: skip
+    except (LaunchError, ProfileError) as err:
+        raise check.error(key, str(err), allowed) from None
+    return launcher.strip()
+
+
+def _check_composes(check: _Checker, spec: SweepSpec) -> None:
+    """Compose the base overrides, each choice value / range end with them, and each variant.
+
+    One key at a time (not the full product) keeps this to a few dozen compositions while still
+    catching every unknown key, registry name and ``_target_`` the sweep can produce.
+    """
+    from singer.config import compose
+
+    def attempt(key: str, overrides: Sequence[str], what: str) -> None:
+        try:
+            compose(merge_overrides(spec.overrides, overrides))
+        except Exception as err:  # Hydra and config errors alike; report them as the sweep's
+            text = " ".join(str(err).split())
+            raise check.error(key, f"{what} does not compose: {type(err).__name__}: {text[:600]}") from None
+
+    attempt("overrides", [], "the base overrides")
+    for param in spec.space:
+        if param.type == "choice":
+            tests = list(zip(param.values, param.choices()))
+        else:
+            tests = [(param.low, param.low), (param.high, param.high)]
+        for written, stored in tests:
+            attempt(f"space.{param.key}", [param.override(stored)], f"value {written!r} (override "
+                    f"'{param.override(stored)}')")  # fmt: skip
+    for name, overrides in spec.variants.items():
+        attempt(f"variants.{name}", overrides, f"variant {name!r} ({' '.join(overrides)})")
+
+
+def parse_sweep(data: Any, path: Path | str = "<sweep>", *, compose_check: bool = True) -> SweepSpec:
+    """Validate the loaded YAML of a sweep file; see :func:`load_sweep`."""
+    path = Path(path)
+    check = _Checker(path)
+    data = check.mapping("", data if data is not None else {}, TOP_KEYS, required=("name", "objectives"))
+
+    name = check.string("name", data["name"], NAME_PATTERN, "letters, digits, '_' and '-' (it names a folder)")
+    description = str(data.get("description") or "")
+    overrides = check.overrides("overrides", data.get("overrides"))
+
+    space_raw = data.get("space") or {}
+    check.mapping("space", space_raw, list(space_raw))  # a mapping; any keys
+    space = tuple(_param(check, str(k), v) for k, v in space_raw.items())
+
+    variants_raw = data.get("variants") or {}
+    check.mapping("variants", variants_raw, list(variants_raw))
+    variants: dict[str, tuple[str, ...]] = {}
+    for vname, vover in variants_raw.items():
+        check.string(f"variants.{vname}", str(vname), NAME_PATTERN, "a name of letters, digits, '_' and '-'")
+        variants[str(vname)] = check.overrides(f"variants.{vname}", vover)
+    if not space and not variants:
+        raise check.error("space", "the sweep has neither a search space nor variants",
+                          "a 'space' mapping of params and/or a 'variants' mapping of override lists")  # fmt: skip
+
+    sampler_raw = data.get("sampler", "grid")
+    if isinstance(sampler_raw, str):
+        sampler_raw = {"type": sampler_raw}
+    if not isinstance(sampler_raw, Mapping) or sampler_raw.get("type") not in SAMPLERS:
+        got = sampler_raw.get("type") if isinstance(sampler_raw, Mapping) else sampler_raw
+        raise check.error("sampler.type" if isinstance(sampler_raw, Mapping) else "sampler",
+                          f"unknown sampler {got!r}", " | ".join(SAMPLERS))  # fmt: skip
+    sampler = sampler_raw["type"]
+    check.mapping("sampler", sampler_raw, SAMPLERS[sampler])
+    sampler_seed = check.integer("sampler.seed", sampler_raw.get("seed", 0), low=0)
+    startup = sampler_raw.get("startup_trials")
+    if startup is not None:
+        startup = check.integer("sampler.startup_trials", startup, low=0)
+    if sampler == "grid":
+        for p in space:
+            if p.type not in ("choice", "int"):
+                raise check.error(f"space.{p.key}.type", f"{p.type} params have no grid",
+                                  "choice or int with the grid sampler (or use sampler: tpe | random)")  # fmt: skip
+
+    objectives_raw = data["objectives"]
+    if not isinstance(objectives_raw, list) or not objectives_raw:
+        raise check.error("objectives", f"got {objectives_raw!r}",
+                          "a non-empty list of {metric: ..., direction: minimize | maximize}")  # fmt: skip
+    objectives = []
+    for i, item in enumerate(objectives_raw):
+        where = f"objectives[{i}]"
+        item = check.mapping(where, item, ("metric", "direction"), required=("metric",))
+        metric = _metric(check, f"{where}.metric", item["metric"], OBJECTIVE_METRICS, eval_prefix=True)
+        direction = item.get("direction", "minimize")
+        if direction not in DIRECTIONS:
+            raise check.error(f"{where}.direction", f"got {direction!r}", " | ".join(DIRECTIONS))
+        objectives.append(Objective(metric, direction))
+    if len({o.metric for o in objectives}) != len(objectives):
+        raise check.error("objectives", "a metric is listed twice", "distinct metrics")
+
+    pruner_raw = data.get("pruner", "none")
+    if isinstance(pruner_raw, str):
+        pruner_raw = {"type": pruner_raw}
+    if not isinstance(pruner_raw, Mapping) or pruner_raw.get("type") not in PRUNERS:
+        got = pruner_raw.get("type") if isinstance(pruner_raw, Mapping) else pruner_raw
+        raise check.error("pruner.type", f"unknown pruner {got!r}", " | ".join(PRUNERS))
+    pruner = check.mapping("pruner", pruner_raw, PRUNERS[pruner_raw["type"]])
+    if pruner["type"] != "none":
+        pruner["metric"] = _metric(check, "pruner.metric", pruner.get("metric", "val/loss"), REPORTED_METRICS,
+                                   eval_prefix=False)  # fmt: skip
+        for k in ("warmup_steps", "startup_trials", "interval_steps", "min_resource", "reduction_factor"):
+            if k in pruner:
+                pruner[k] = check.integer(f"pruner.{k}", pruner[k], low=1 if k != "warmup_steps" else 0)
+        if "max_resource" in pruner and pruner["max_resource"] != "auto":
+            pruner["max_resource"] = check.integer("pruner.max_resource", pruner["max_resource"], low=1)
+        if len(objectives) > 1:
+            raise check.error("pruner.type", "Optuna cannot prune multi-objective studies", "none")
+        if objectives[0].direction != "minimize":
+            raise check.error("pruner", f"prunes on {pruner['metric']} (a loss, lower is better) while the "
+                              f"objective {objectives[0].metric} is maximized", "pruner: none, or a "
+                              "minimized objective")  # fmt: skip
+
+    seeds_raw = data.get("seeds", [0])
+    if not isinstance(seeds_raw, list) or not seeds_raw:
+        raise check.error("seeds", f"got {seeds_raw!r}", "a non-empty list of integers")
+    seeds = tuple(check.integer(f"seeds[{i}]", s, low=0) for i, s in enumerate(seeds_raw))
+    if len(set(seeds)) != len(seeds):
+        raise check.error("seeds", f"has duplicates: {seeds_raw!r}", "distinct integers")
+
+    limits = check.mapping("limits", data.get("limits") or {}, LIMIT_KEYS)
+    trials = limits.get("trials")
+    if trials is not None:
+        trials = check.integer("limits.trials", trials, low=1)
+    elif sampler != "grid":
+        raise check.error("limits.trials", f"is required with sampler {sampler}", "an integer >= 1")
+    parallel = check.integer("limits.parallel", limits.get("parallel", 1), low=1)
+
+    timeout_min = check.integer("timeout_min", data.get("timeout_min", 60), low=1)
+    max_requeue = check.integer("max_requeue", data.get("max_requeue", 3), low=0)
+    launcher = check_launcher(path, "launcher", data.get("launcher", "local"), timeout_min)
+
+    mlflow = check.mapping("mlflow", data.get("mlflow") or {}, MLFLOW_KEYS)
+    experiment = check.string("mlflow.experiment", mlflow.get("experiment", name))
+    tracking_uri = mlflow.get("tracking_uri")
+    if tracking_uri is not None:
+        tracking_uri = check.string("mlflow.tracking_uri", tracking_uri)
+
+    spec = SweepSpec(
+        path=path, name=name, description=description, overrides=overrides, space=space, variants=variants,
+        sampler=sampler, sampler_seed=sampler_seed, tpe_startup_trials=startup, pruner=pruner,
+        objectives=tuple(objectives), seeds=seeds, trials=trials, parallel=parallel, launcher=launcher,
+        timeout_min=timeout_min, max_requeue=max_requeue, experiment=experiment, tracking_uri=tracking_uri,
+        raw=dict(data),
+    )  # fmt: skip
+    if compose_check:
+        _check_composes(check, spec)
+    return spec
+
+
+def load_sweep(path: str | Path, *, compose_check: bool = True) -> SweepSpec:
+    """Read and validate a sweep file; raises :class:`SweepSpecError` naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepSpecError(f"{path}: no such sweep file")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise SweepSpecError(f"{path}: not valid YAML: {err}") from err
+    return parse_sweep(data, path, compose_check=compose_check)
