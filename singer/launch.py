@@ -96,9 +96,13 @@ def _opt_str(value: Any) -> str | None:
     return value.strip()
 
 
+def _is_int_at_least(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 def _int_at_least(low: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not _is_int_at_least(value, low):
             raise ValueError
         return value
 
@@ -164,13 +168,16 @@ def _check_additional(path: Path, value: Any) -> dict[str, str | int | bool]:
         return {}
     allowed = ", ".join(sorted(ADDITIONAL_ALLOWED))
     if not isinstance(value, dict):
-        raise ProfileError(f"{path}: key 'additional': must be a mapping of sbatch options; allowed options: {allowed}")
+        raise ProfileError(
+            f"{path}: key 'additional': must be a mapping of sbatch options; allowed options: {allowed}"
+        )
     out: dict[str, str | int | bool] = {}
     for raw_key, item in value.items():
         key = str(raw_key).replace("-", "_")
         if key not in ADDITIONAL_ALLOWED:
             raise ProfileError(
-                f"{path}: key 'additional.{raw_key}': not an allowed sbatch option; allowed options: {allowed}"
+                f"{path}: key 'additional.{raw_key}': not an allowed sbatch option; "
+                f"allowed options: {allowed}"
             )
         if item is True or (isinstance(item, int) and not isinstance(item, bool) and item >= 0):
             out[key] = item
@@ -221,7 +228,9 @@ def load_profile(name: str) -> SlurmProfile:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ProfileError(f"{path}: must be a YAML mapping of profile keys; allowed keys: {', '.join(_SCHEMA)}")
+        raise ProfileError(
+            f"{path}: must be a YAML mapping of profile keys; allowed keys: {', '.join(_SCHEMA)}"
+        )
 
     values: dict[str, Any] = {}
     for key, value in data.items():
@@ -281,13 +290,15 @@ def make_executor(
     when a cluster is rebuilt, and a reused folder would then return stale results.
     """
     kind, profile_name = parse_launcher(launcher)
-    if isinstance(timeout_min, bool) or not isinstance(timeout_min, int) or timeout_min < 1:
+    if not _is_int_at_least(timeout_min, 1):
         raise LaunchError(f"timeout_min must be an integer >= 1 (minutes); got {timeout_min!r}")
-    for key, value in (("cpus_per_task", cpus_per_task), ("array_parallelism", array_parallelism)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise LaunchError(f"{key} must be an integer >= 1 or None; got {value!r}")
-    if max_requeue is not None and (isinstance(max_requeue, bool) or not isinstance(max_requeue, int) or max_requeue < 0):
-        raise LaunchError(f"max_requeue must be an integer >= 0 or None; got {max_requeue!r}")
+    for key, value, low in (
+        ("cpus_per_task", cpus_per_task, 1),
+        ("array_parallelism", array_parallelism, 1),
+        ("max_requeue", max_requeue, 0),
+    ):
+        if value is not None and not _is_int_at_least(value, low):
+            raise LaunchError(f"{key} must be an integer >= {low} or None; got {value!r}")
     folder = Path(folder)
 
     # The cluster is always named: AutoExecutor would pick SLURM by itself whenever srun is on PATH.
@@ -386,7 +397,11 @@ def _results_written(job: submitit.Job) -> bool:
 
 def job_state(job: submitit.Job) -> str:
     """One of ``queued``, ``running``, ``done`` (returned a result) or ``failed`` (raised,
-    was cancelled, or ended without a result). Never blocks; debug jobs are not run."""
+    was cancelled, or ended without a result). Never blocks.
+
+    Debug jobs are not run here; one that raised still reads ``queued``, since submitit
+    keeps no record of the failure (:func:`wait` runs debug jobs and counts those).
+    """
     if isinstance(job, submitit.DebugJob):
         state = job.state
         if state == "DONE":
@@ -411,12 +426,15 @@ def job_states(jobs: Iterable[submitit.Job], *, refresh: bool = False) -> dict[s
     ``refresh=True`` first asks SLURM (one ``sacct`` call for all jobs) instead of using
     submitit's cached view, which it refreshes at most every few minutes for old jobs.
     """
-    jobs = list(jobs)
+    return _count(list(jobs), refresh=refresh, failed_debug=set())
+
+
+def _count(jobs: list[submitit.Job], *, refresh: bool, failed_debug: set[int]) -> dict[str, int]:
     if refresh and any(isinstance(j, submitit.SlurmJob) for j in jobs):
         submitit.SlurmJob.watcher.update()
     counts = dict.fromkeys(STATES, 0)
     for job in jobs:
-        counts[job_state(job)] += 1
+        counts["failed" if id(job) in failed_debug else job_state(job)] += 1
     return counts
 
 
@@ -429,18 +447,22 @@ def wait(
 ) -> dict[str, int]:
     """Poll until every job is done or failed; returns the final :func:`job_states` counts.
 
-    ``on_progress`` gets the counts after each poll (for a progress display). Debug jobs run
-    here, in this process. Raises ``TimeoutError`` after ``timeout_s`` seconds.
+    ``on_progress`` gets the counts after each poll (for a progress display). Each poll makes
+    one ``sacct`` call for all SLURM jobs, so keep ``poll_s`` in seconds-to-minutes on a
+    shared cluster. Debug jobs run here, in this process. Raises ``TimeoutError`` after
+    ``timeout_s`` seconds.
     """
+    jobs = list(jobs)
+    failed_debug: set[int] = set()
     for job in jobs:
         if isinstance(job, submitit.DebugJob):
             try:
                 job.result()
-            except Exception:  # recorded in the job; job_state reports it as failed
-                pass
+            except Exception:  # submitit keeps no record of it: count it here
+                failed_debug.add(id(job))
     start = time.monotonic()
     while True:
-        counts = job_states(jobs, refresh=True)
+        counts = _count(jobs, refresh=True, failed_debug=failed_debug)
         if on_progress is not None:
             on_progress(counts)
         if counts["done"] + counts["failed"] == len(jobs):

@@ -41,6 +41,7 @@ class TrainResult:
     first_loss: float  # mean training loss of the first LOSS_WINDOW steps
     final_loss: float  # mean training loss of the last LOSS_WINDOW steps
     val_loss: float | None
+    initial_val_loss: float | None  # before the first step, same batches and noise as val_loss
     run_id: str | None
     losses: list[float] = field(default_factory=list)  # every step's training loss
     metrics: dict[str, float] = field(default_factory=dict)
@@ -103,11 +104,13 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        # Warm-up: early averages would otherwise be dominated by the random init.
+        decay = min(self.decay, (1 + step) / (10 + step))
         ema_state = self.model.state_dict()
         for name, value in model.state_dict().items():
             if value.dtype.is_floating_point:
-                ema_state[name].lerp_(value, 1.0 - self.decay)
+                ema_state[name].lerp_(value, 1.0 - decay)
             else:
                 ema_state[name].copy_(value)
 
@@ -204,6 +207,7 @@ class Trainer:
         self.noise_gen = torch.Generator(device=gen_device).manual_seed(self.cfg.seed + 1)
         self.step = 0
         self.losses: list[float] = []
+        self.initial_val_loss: float | None = None
         self.run_id: str | None = None
 
     def state_dict(self) -> dict:
@@ -217,6 +221,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "losses": list(self.losses),
+            "initial_val_loss": self.initial_val_loss,
             "run_id": self.run_id,
             "config": to_container(self.cfg),
         }
@@ -242,6 +247,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = int(state["step"])
         self.losses = [float(x) for x in state["losses"]]
+        self.initial_val_loss = state["initial_val_loss"]
         self.run_id = state["run_id"]
 
     def _resume_path(self) -> Path | None:
@@ -342,6 +348,11 @@ class Trainer:
                             pin_memory=self.device.type == "cuda")  # fmt: skip
         val_loader = DataLoader(val_set, batch_size=self.tc.batch_size, shuffle=False, num_workers=0)
 
+        if self.step == 0:
+            self.initial_val_loss = self.validate(val_loader)
+            if self.initial_val_loss is not None:
+                run.log_metrics({"val/loss": self.initial_val_loss}, step=0)
+
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.tc.steps, initial=self.step, desc=f"train {self.cfg.model.name}",
@@ -358,13 +369,13 @@ class Trainer:
                 batch = _to_device(_resize_batch(batch, self.tc.size), self.device)
                 loss, logs = self._loss(self.model, batch, self.noise_gen)
                 if not torch.isfinite(loss.detach()):
-                    raise NonFiniteLossError(f"loss is {float(loss)} at step {self.step}")
+                    raise NonFiniteLossError(f"loss is {loss.item()} at step {self.step}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
-                self.ema.update(self.model)
+                self.ema.update(self.model, self.step)
                 self.step += 1
                 last_loss = loss.item()
                 self.losses.append(last_loss)
@@ -412,11 +423,13 @@ class Trainer:
         run.log_metrics(final, step=self.step)
         run.end("FINISHED")
         summary = {"step": self.step, "first_loss": first_loss, "final_loss": final_loss, "val_loss": val_loss,
+                   "initial_val_loss": self.initial_val_loss,
                    "run_id": self.run_id, "cache": str(cache)}  # fmt: skip
         (self.out_dir / "result.json").write_text(json.dumps(summary, indent=2))
         return TrainResult(
             step=self.step, out_dir=self.out_dir, checkpoint=self.ckpt_dir / CHECKPOINT_NAME,
-            first_loss=first_loss, final_loss=final_loss, val_loss=val_loss, run_id=self.run_id,
+            first_loss=first_loss, final_loss=final_loss, val_loss=val_loss,
+            initial_val_loss=self.initial_val_loss, run_id=self.run_id,
             losses=list(self.losses), metrics={**metrics, **final},
         )  # fmt: skip
 

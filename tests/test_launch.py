@@ -130,7 +130,10 @@ def test_profile_from_env_folder_wins(profile_dir):
         ("mem_gb: -1\n", ["key 'mem_gb': got -1", "allowed: a number > 0 or null"]),
         ("setup: module load x\n", ["key 'setup'", "allowed: a list of one-line shell strings"]),
         ("partition: \"a\\nb\"\n", ["key 'partition'", "allowed: a one-line string or null"]),
-        ("additional:\n  output: /tmp/x\n", ["key 'additional.output': not an allowed sbatch option", "exclusive"]),
+        (
+            "additional:\n  output: /tmp/x\n",
+            ["key 'additional.output': not an allowed sbatch option", "exclusive"],
+        ),
         ("additional:\n  exclusive: false\n", ["key 'additional.exclusive': got False", "true for a flag"]),
         ("- a\n- b\n", ["must be a YAML mapping"]),
         ("partition: [\n", ["not valid YAML"]),
@@ -219,7 +222,9 @@ def test_local_checkpointable_job_requeues_and_resumes(tmp_path):
     assert "Requeued job" in job.stdout()
 
 
-@pytest.mark.skipif(shutil.which("srun") is None, reason="needs the SLURM client commands (slurm/local/install.sh)")
+@pytest.mark.skipif(
+    shutil.which("srun") is None, reason="needs the SLURM client commands (slurm/local/install.sh)"
+)
 def test_slurm_profile_maps_to_sbatch_options(tmp_path):
     """The 8-GPU DDP profile becomes the expected #SBATCH lines (nothing is submitted)."""
     executor = launch.make_executor("slurm:gpu8_ddp", tmp_path, timeout_min=600, name="ddp", cpus_per_task=4)

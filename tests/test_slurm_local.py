@@ -2,8 +2,9 @@
 
 A session fixture installs (slurm/local/install.sh) and starts (slurm/local/start.sh) the
 cluster in a temporary folder, on free ports, and stops it (slurm/local/stop.sh) at the
-end. Without root or apt the tests skip, unless SINGER_REQUIRE_SLURM=1 (CI), which turns
-that into a failure.
+end. Without root, or when the install fails, the tests skip, unless SINGER_REQUIRE_SLURM=1
+(CI), which turns that into a failure. A cluster that is installed but fails to start is
+always a failure.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def slurm_cluster(tmp_path_factory):
     if os.geteuid() != 0:
         _unavailable("the local SLURM cluster needs root (slurm/local/install.sh, start.sh)")
     install = subprocess.run(["bash", str(LOCAL / "install.sh")], capture_output=True, text=True)
-    missing = [c for c in ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch") if not shutil.which(c)]
+    daemons = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch")
+    missing = [c for c in daemons if not shutil.which(c)]
     if install.returncode != 0 or missing:
         _unavailable(
             f"slurm/local/install.sh did not provide {missing or 'the cluster'} "
@@ -72,11 +74,14 @@ def slurm_cluster(tmp_path_factory):
         )
 
     state = tmp_path_factory.mktemp("slurm")
+    # Free ports, so that a cluster someone else runs on the default ports does not clash.
     names = ("SINGER_SLURM_CTLD_PORT", "SINGER_SLURM_SLURMD_PORT", "SINGER_SLURM_DBD_PORT", "SINGER_SLURM_DB_PORT")
     env = dict(os.environ, **dict(zip(names, map(str, _free_ports(len(names))))))
-    start = subprocess.run(["bash", str(LOCAL / "start.sh"), str(state)], env=env, capture_output=True, text=True)
-    if start.returncode != 0:
-        _unavailable(f"slurm/local/start.sh failed (rc={start.returncode}):\n{start.stdout}{start.stderr}")
+    start = subprocess.run(
+        ["bash", str(LOCAL / "start.sh"), str(state)], env=env, capture_output=True, text=True
+    )
+    if start.returncode != 0:  # installed but not starting: a real failure, never a skip
+        pytest.fail(f"slurm/local/start.sh failed (rc={start.returncode}):\n{start.stdout}{start.stderr}")
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("SLURM_CONF", str(state / "etc" / "slurm.conf"))
@@ -159,7 +164,10 @@ def test_preempted_checkpointable_job_requeues_and_resumes(slurm_cluster, tmp_pa
     state = tmp_path / "state.json"
     executor = launch.make_executor("slurm:local", tmp_path / "jobs", timeout_min=5)
     job = executor.submit(StepSum(), str(state), steps, 0.25)
-    _wait_for(lambda: state.exists() and json.loads(state.read_text())["i"] >= 3, 60, "the job to make progress")
+    def progressed() -> bool:
+        return state.exists() and json.loads(state.read_text())["i"] >= 3
+
+    _wait_for(progressed, 60, "the job to make progress")
     job._interrupt()  # preemption, as SLURM does it: SIGTERM, then USR2 to the job's tasks
 
     counts = launch.wait([job], poll_s=0.5, timeout_s=90)

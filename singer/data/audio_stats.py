@@ -48,6 +48,7 @@ WINDOW_S = 0.025  # YIN integration window
 F0_RANGE = (60.0, 1000.0)
 YIN_THRESHOLD = 0.15
 SILENCE_BELOW_DB = 35.0  # frames this far under the clip's loudest frame count as silent
+SILENCE_FLOOR_DB = -80.0  # and so does anything under this level (dB re full scale)
 VIBRATO_BAND = (4.0, 8.0)
 MIN_STRETCH_S = 0.4  # shortest voiced stretch whose contour enters the modulation spectrum
 BRIDGE_GAP_S = 0.1  # unvoiced gaps up to this long are bridged in the contour
@@ -113,7 +114,7 @@ def track_pitch(wave: np.ndarray, sr: int) -> dict[str, np.ndarray]:
     refined = tau + np.clip(shift, -0.5, 0.5)
 
     level_db = 10.0 * np.log10(np.mean(x[:, :window] ** 2, axis=1) + 1e-12)
-    loud_enough = level_db > level_db.max() - SILENCE_BELOW_DB
+    loud_enough = (level_db > level_db.max() - SILENCE_BELOW_DB) & (level_db > SILENCE_FLOOR_DB)
     voiced = (mid < YIN_THRESHOLD) & loud_enough
     f0 = np.where(voiced, sr / refined, np.nan)
     return {"f0": f0, "voiced": voiced, "level_db": level_db, "aperiodicity": mid}
@@ -183,7 +184,7 @@ def spectral_centroid(wave: np.ndarray, sr: int, level_db: np.ndarray) -> float:
     magnitude = np.abs(np.fft.rfft(x * np.hanning(window), n_fft))
     freqs = np.fft.rfftfreq(n_fft, d=1.0 / sr)
     centroid = (magnitude * freqs).sum(axis=1) / np.maximum(magnitude.sum(axis=1), 1e-12)
-    loud = level_db > level_db.max() - SILENCE_BELOW_DB
+    loud = (level_db > level_db.max() - SILENCE_BELOW_DB) & (level_db > SILENCE_FLOOR_DB)
     return float(centroid[loud].mean()) if loud.any() else float("nan")
 
 
@@ -214,14 +215,21 @@ def clip_audio_stats(wave: np.ndarray, sr: int) -> dict[str, float]:
 def read_audio(path: str | Path, sample_rate: int = 16000, seconds: float | None = None) -> np.ndarray:
     """Mono waveform (S float32) of a media file, resampled to ``sample_rate``.
 
+    Decoding goes through ``singer.data.media.read_audio`` when the media layer has it (it
+    avoids decord's faulty resampling of sources at other rates), else decord's AudioReader.
     AAC padding makes decoded audio slightly longer than its video, so it is trimmed to
     ``seconds`` when given, else to the video's length when the file has a video stream.
     """
     import decord
 
-    reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
-    wave = reader[:].asnumpy().reshape(-1).astype(np.float32)
-    del reader
+    from singer.data import media
+
+    if hasattr(media, "read_audio"):
+        wave = np.asarray(media.read_audio(path, sample_rate=sample_rate), dtype=np.float32).reshape(-1)
+    else:
+        reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
+        wave = reader[:].asnumpy().reshape(-1).astype(np.float32)
+        del reader
     if seconds is None:
         try:
             video = decord.VideoReader(str(path))
@@ -321,7 +329,9 @@ def plot_stats(df, out_png: str | Path) -> Path:
     for ax, name in zip(axes.flat, STATS):
         data = df[["label", name]].dropna()
         if len(data):
-            sns.boxplot(data=data, x="label", y=name, hue="label", order=order, hue_order=order, ax=ax, fliersize=0, legend=False)
+            with warnings.catch_warnings():  # seaborn 0.13 still passes matplotlib's deprecated `vert`
+                warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+                sns.boxplot(data=data, x="label", y=name, hue="label", order=order, hue_order=order, ax=ax, fliersize=0, legend=False)
             sns.stripplot(data=data, x="label", y=name, order=order, ax=ax, color="black", size=3, alpha=0.6)
         ax.set_title(STAT_LABELS[name])
         ax.set_xlabel("")

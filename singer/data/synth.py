@@ -305,7 +305,8 @@ def _controls(events: list[_Event], kind: str, voice: dict, num_samples: int, sr
             break
         s1 = min(num_samples, int(round((ev.start + ev.duration) * sr)))
         following = events[index + 1] if index + 1 < len(events) else None
-        legato = following is not None and abs(following.start - (ev.start + ev.duration)) < 1e-9
+        adjacent = following is not None and abs(following.start - (ev.start + ev.duration)) < 1e-9
+        legato = adjacent and not following.consonant  # else the voice stops for the consonant
         # Pitch holds from this onset until the next onset (also through a rest).
         hold_end = min(num_samples, int(round(following.start * sr))) if following is not None else num_samples
         seg = slice(s0, hold_end)
@@ -320,7 +321,7 @@ def _controls(events: list[_Event], kind: str, voice: dict, num_samples: int, sr
         local = t[s0:s1] - ev.start
         pos = np.clip(local / ev.duration, 0.0, 1.0)
         db = ev.level_db + ev.swell_db * (pos - 0.5)
-        # Fade in at voicing onset, fade out at the end unless the next event follows at once.
+        # Fade in at voicing onset, fade out at the end unless the next vowel follows at once.
         previous = events[index - 1] if index > 0 else None
         tied = previous is not None and abs(previous.start + previous.duration - ev.start) < 1e-9
         if tied and not ev.consonant:
@@ -715,7 +716,7 @@ def _make_clip(task: dict) -> dict:
     index, seed = task["index"], task["seed"]
     rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(1, index)))
     kind = clip_kind(index, task["kind"])
-    speaker = _speaker_for(seed, index // 2 if task["clips"] > 1 else 0)
+    speaker = _speaker_for(seed, index // 2)
     frames, wave, record = synth_clip(
         rng, kind, size=task["size"], seconds=task["seconds"], fps=task["fps"],
         sample_rate=task["sample_rate"], speaker=speaker,
@@ -773,7 +774,8 @@ def generate_dataset(
 
     lines = [json.dumps(record, sort_keys=True) for record in records]
     (out / "meta.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out / "synth.json").write_text(json.dumps(args, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    summary = {**args, "num_speakers": num_speakers(clips)}
+    (out / "synth.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return records
 
 

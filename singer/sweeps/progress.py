@@ -42,4 +42,4 @@ class SweepProgress:
         self._progress.update(self._task, completed=finished, counts=format_counts(counts))
 
     def log(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, soft_wrap=True, highlight=False)

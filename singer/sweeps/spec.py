@@ -166,7 +166,9 @@ class Configuration:
     overrides: tuple[str, ...]  # this configuration's own overrides (added to the base ones)
 
     def label(self) -> str:
-        return self.variant or " ".join(self.overrides) or "(base)"
+        if self.variant:
+            return f"{self.variant} [{' '.join(self.overrides)}]" if self.overrides else self.variant
+        return " ".join(self.overrides) or "(the base overrides)"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +193,11 @@ class TrialJob(CheckpointableJob):
             value = metrics.get(metric)
             if value is None or not math.isfinite(value):
                 return  # a non-finite loss stops the trainer by itself
-            # Several seeds report to the same trial: Optuna keeps the first value per step.
-            trial.report(value, step)
+            # Several seeds report to the same trial: Optuna keeps the first value per step (and a
+            # resumed job reports its steps again); the warning about it is expected here.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The reported value is ignored")
+                trial.report(value, step)
             if pruning and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step}: {metric}={value:.4g}")
 
@@ -222,8 +226,9 @@ class TrialJob(CheckpointableJob):
         if len(runs) == 0:
             return {}
         row = runs.iloc[0]
+        # Columns of metrics the run does not have hold NaN; x == x drops them.
         return {c[len("metrics.") :]: float(row[c]) for c in runs.columns
-                if c.startswith("metrics.") and row[c] == row[c]}  # fmt: skip (x == x drops NaN)
+                if c.startswith("metrics.") and row[c] == row[c]}  # fmt: skip
 
     def _mark_pruned_run(self, run_id: str | None, reason: str) -> None:
         """The trainer ended the run FAILED (it saw an exception); a pruned run is KILLED."""
