@@ -50,7 +50,8 @@ def write_mp4(
     with av.open(str(tmp), mode="w", format="mp4") as container:
         vstream = container.add_stream("libx264", rate=rate)
         vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-        vstream.options = {"crf": str(crf), "preset": "medium", "tune": "fastdecode"}
+        # mbtree (macroblock-tree rate control) made the bytes differ between runs at small sizes.
+        vstream.options = {"crf": str(crf), "preset": "medium", "tune": "fastdecode", "x264-params": "mbtree=0"}
         # A single encoder thread keeps the bitstream identical across machines.
         vstream.thread_count = 1
         astream = None

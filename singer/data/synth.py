@@ -26,15 +26,21 @@ its centre time ``(k + 0.5) / fps``):
 ``held``           seconds the current note/syllable has been sustained since its onset;
                    0 in rests.
 ``onset``          1.0 on the frame in which a note/syllable starts, else 0.0.
-``mouth_open``     [0, 1]: loudness envelope × vowel openness (F1).
-``mouth_width``    [0, 1]: vowel F2 (spread /i/ → 1, rounded /o/, /u/ → 0).
+``mouth_open``     [0, 1]: level × (0.3 + 0.7 · openness); level maps loudness -40..0 dB to
+                   0..1, openness maps F1 (formant scale removed) 250..750 Hz to 0..1.
+``mouth_width``    [0, 1]: F2 (formant scale removed) 800..2300 Hz on a log scale (spread /i/
+                   → 1, rounded /o/, /u/ → 0).
 ``brow``           [0, 1]: pitch within the speaker's range for this kind (log scale).
-``sway``           [-1, 1]: vibrato gate × sin(vibrato_phase); 0 for talking.
-``eye_close``      [0, 1]: eyes close gradually once a note has been held for 0.5 s.
-``nod``            [0, 1): decaying bump after each note/syllable onset, scaled by its accent.
+``sway``           [-1, 1]: vibrato gate × sin(vibrato_phase); the gate fades in ~150 ms into
+                   a note and out at its end. 0 for talking.
+``eye_close``      [0, 1]: (held − 0.5 s) / 0.7 s: eyes close gradually on long notes.
+``nod``            [0, 1): 1 − exp(−Σ accent · bump(t − onset)); the bump peaks 70 ms after
+                   each note/syllable onset, the accent follows the event's level.
 =================  ===========================================================================
 
-The face truth is exactly what the renderer drew (rounded to 5 decimals before drawing).
+Mouth, brow and eye cues are smoothed after their law by a zero-phase Gaussian (σ = 1, 2 and
+1.5 frames) so that no cue jumps further between frames than a face could move. The face truth
+is exactly what the renderer drew (rounded to 5 decimals before drawing).
 The same laws serve both kinds; talking simply has no vibrato and no long notes.
 """
 
@@ -403,7 +409,9 @@ def _consonant_noise(rng: np.random.Generator, events: list[_Event], num_samples
         if s0 >= num_samples or n < 4:
             continue
         n = min(n, num_samples - s0)
-        sos = butter(2, [low, min(high, 0.45 * sr)], btype="bandpass", fs=sr, output="sos")
+        high = min(high, 0.45 * sr)  # low sample rates squeeze the band under Nyquist
+        low = min(low, 0.5 * high)
+        sos = butter(2, [low, high], btype="bandpass", fs=sr, output="sos")
         burst = sosfilt(sos, rng.standard_normal(n))
         u = np.linspace(0.0, 1.0, n)
         shape = _smoothstep(u / 0.2) * _smoothstep((1.0 - u) / 0.5)
@@ -498,9 +506,9 @@ def face_laws(
     times = (np.arange(num_frames) + 0.5) / fps
     drive = np.zeros(num_frames)
     for ev in events:
-        lag = times - ev.start
+        lag = np.maximum(times - ev.start, 0.0)
         accent = float(np.clip((ev.level_db - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB, 0.3, 1.0))
-        bump = np.where(lag > 0, (lag / NOD_TAU) * np.exp(1.0 - lag / NOD_TAU), 0.0)
+        bump = (lag / NOD_TAU) * np.exp(1.0 - lag / NOD_TAU)  # 0 before the onset, peak 1 at NOD_TAU
         drive += accent * bump
     nod = 1.0 - np.exp(-drive)
 
