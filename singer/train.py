@@ -13,13 +13,19 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from singer.config import validate
+import sys
+
+from singer.config import ConfigError, validate
 from singer.trainer import train
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     out_dir = cfg.out_dir or HydraConfig.get().runtime.output_dir
     result = train(cfg, out_dir)
     print(

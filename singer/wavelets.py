@@ -62,6 +62,11 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def _no_autocast(x: torch.Tensor):
+    """Autocast would re-run ptwt's convolutions in bf16/fp16, which ptwt rejects."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the transforms run in: float64 stays, everything else becomes float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -83,7 +88,8 @@ def dwt1d(x: torch.Tensor, wavelet: str = "haar", levels: int = 1, mode: str = D
     check_levels(levels)
     check_mode(mode)
     x = x.to(compute_dtype(x.dtype))
-    return list(ptwt.wavedec(x, wavelet, mode=mode, level=levels, axis=-1))
+    with _no_autocast(x):
+        return list(ptwt.wavedec(x, wavelet, mode=mode, level=levels, axis=-1))
 
 
 def idwt1d(coeffs: Sequence[torch.Tensor], wavelet: str = "haar", length: int | None = None) -> torch.Tensor:
@@ -93,7 +99,8 @@ def idwt1d(coeffs: Sequence[torch.Tensor], wavelet: str = "haar", length: int | 
     it is cropped to ``length`` when given.
     """
     check_wavelet(wavelet)
-    out = ptwt.waverec(list(coeffs), wavelet, axis=-1)
+    with _no_autocast(coeffs[0]):
+        out = ptwt.waverec(list(coeffs), wavelet, axis=-1)
     return out[..., :length] if length is not None else out
 
 
@@ -110,7 +117,8 @@ def dwt2d(x: torch.Tensor, wavelet: str = "haar", levels: int = 1, mode: str = D
     check_levels(levels)
     check_mode(mode)
     x = x.to(compute_dtype(x.dtype))
-    coeffs = ptwt.wavedec2(x, wavelet, mode=mode, level=levels, axes=(-2, -1))
+    with _no_autocast(x):
+        coeffs = ptwt.wavedec2(x, wavelet, mode=mode, level=levels, axes=(-2, -1))
     return [coeffs[0]] + [tuple(detail) for detail in coeffs[1:]]
 
 
@@ -118,7 +126,8 @@ def idwt2d(coeffs: Coeffs2d, wavelet: str = "haar", size: tuple[int, int] | None
     """Inverse of :func:`dwt2d`, cropped to ``size = (H, W)`` when given → ``...×H×W``."""
     check_wavelet(wavelet)
     structured = [coeffs[0]] + [ptwt.constants.WaveletDetailTuple2d(*detail) for detail in coeffs[1:]]
-    out = ptwt.waverec2(structured, wavelet, axes=(-2, -1))
+    with _no_autocast(coeffs[0]):
+        out = ptwt.waverec2(structured, wavelet, axes=(-2, -1))
     if size is not None:
         out = out[..., : size[0], : size[1]]
     return out

@@ -171,3 +171,20 @@ def test_spectral_filter2d_lowpass_averages_blocks():
 def test_band_names():
     assert band_names_1d(2) == ["A2", "D2", "D1"]
     assert band_names_2d(1) == ["LL1", "LH1", "HL1", "HH1"]
+
+
+def test_filters_and_spectral_frontends_run_under_bf16_autocast():
+    """The CUDA training path autocasts to bf16; ptwt must still get full-precision inputs."""
+    import torch
+
+    from singer.registry import FRONTENDS
+    from singer.wavelets import SpectralFilter1d, SpectralFilter2d
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y1 = SpectralFilter1d(8, levels=2, wavelet="db2")(torch.randn(2, 8, 37))
+        y2 = SpectralFilter2d(8, levels=1)(torch.randn(2, 8, 9, 11))
+        for name in ("msm", "sfm"):
+            tokens = FRONTENDS.build(name)(torch.randn(2, 5120) * 0.1, 8, x_t=torch.randn(2, 3, 8, 16, 16),
+                                           t=torch.tensor([10, 900]))  # fmt: skip
+            assert tokens.shape[:2] == (2, 8) and torch.isfinite(tokens.float()).all()
+    assert y1.shape == (2, 8, 37) and y2.shape == (2, 8, 9, 11)

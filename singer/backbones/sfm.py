@@ -28,10 +28,7 @@ class SpectralBottleneck(nn.Module):
         self.filter = SpectralFilter2d(channels, levels=levels, wavelet=wavelet, gate=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The wavelet transforms are convolutions that autocast would run in bf16/fp16, which
-        # ptwt rejects; the filter is cheap at the bottleneck resolution, so run it in fp32.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.filter(x.float()).to(x.dtype)
+        return self.filter(x)
 
 
 def build_bottleneck_filter(name: str, channels: int, levels: int = 1, wavelet: str = "haar") -> nn.Module:
