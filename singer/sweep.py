@@ -13,6 +13,7 @@ The file format is in ``sweeps/README.md``; the logic in ``singer/sweeps/``.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from rich.console import Console
@@ -58,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print("dry run: nothing launched", style="dim")
         return 0
 
+    # `kill <pid>` (SIGTERM) stops the driver like Ctrl-C: state saved, parent run ended KILLED.
+    # Its jobs keep running; --resume adopts them.
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     driver = SweepDriver(spec, out_dir=args.out, storage=args.storage, launcher=args.launcher, resume=args.resume,
                          max_trials=args.max_trials, poll_s=args.poll, console=console,
                          progress=not args.no_progress)  # fmt: skip
@@ -68,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -298,17 +298,24 @@ class Trainer:
         return loss, logs
 
     @torch.no_grad()
-    def validate(self, val_loader: DataLoader) -> float | None:
-        """EMA-weight loss over the first ``val_batches`` val batches with fixed noise."""
+    def validate(self, val_loader: DataLoader) -> dict[str, float]:
+        """EMA-weight losses over the first ``val_batches`` val batches with fixed noise.
+
+        ``val/loss`` is the training objective (min-SNR weighted); ``val/mse`` is unweighted,
+        so it stays comparable across loss weightings (e.g. when a sweep varies γ).
+        """
         generator = torch.Generator(device=self.noise_gen.device).manual_seed(self.cfg.seed + 12_345)
-        losses = []
+        losses, mses = [], []
         for i, batch in enumerate(val_loader):
             if i >= self.tc.val_batches:
                 break
             batch = _to_device(_resize_batch(batch, self.tc.size), self.device)
-            loss, _ = self._loss(self.ema.model, batch, generator)
+            loss, logs = self._loss(self.ema.model, batch, generator)
             losses.append(float(loss))
-        return sum(losses) / len(losses) if losses else None
+            mses.append(float(logs.get("mse", loss)))
+        if not losses:
+            return {}
+        return {"val/loss": sum(losses) / len(losses), "val/mse": sum(mses) / len(mses)}
 
     def _sample(self, dataset: Dataset, run: tracking.Run | None) -> Path | None:
         if len(dataset) == 0:
@@ -349,16 +356,17 @@ class Trainer:
         val_loader = DataLoader(val_set, batch_size=self.tc.batch_size, shuffle=False, num_workers=0)
 
         if self.step == 0:
-            self.initial_val_loss = self.validate(val_loader)
-            if self.initial_val_loss is not None:
-                run.log_metrics({"val/loss": self.initial_val_loss}, step=0)
+            initial = self.validate(val_loader)
+            self.initial_val_loss = initial.get("val/loss")
+            if initial:
+                run.log_metrics(initial, step=0)
 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.tc.steps, initial=self.step, desc=f"train {self.cfg.model.name}",
                    disable=not self.progress, dynamic_ncols=True)  # fmt: skip
         self.model.train()
-        last_loss, val_loss, metrics = float("nan"), None, {}
+        last_loss, val_loss, val_metrics, metrics = float("nan"), None, {}, {}
         window: list[float] = []
         t_start = time.perf_counter()
         status = "FAILED"
@@ -391,12 +399,13 @@ class Trainer:
                     window.clear()
                     run.log_metrics(metrics, step=self.step)
                 if self.step % self.tc.val_every == 0 or self.step == self.tc.steps:
-                    val_loss = self.validate(val_loader)
-                    if val_loss is not None:
-                        run.log_metrics({"val/loss": val_loss}, step=self.step)
+                    val_metrics = self.validate(val_loader)
+                    val_loss = val_metrics.get("val/loss")
+                    if val_metrics:
+                        run.log_metrics(val_metrics, step=self.step)
                         bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{val_loss:.4f}")
                     if self.reporter is not None:
-                        self.reporter(self.step, {"val/loss": val_loss if val_loss is not None else last_loss,
+                        self.reporter(self.step, {"val/loss": last_loss, "val/mse": last_loss, **val_metrics,
                                                   "train/loss": last_loss})  # fmt: skip
                 if self.step % self.tc.ckpt_every == 0 or self.step == self.tc.steps:
                     self.save_checkpoint()
@@ -418,8 +427,9 @@ class Trainer:
         first_loss = sum(head) / len(head) if head else math.nan
         final_loss = sum(tail) / len(tail) if tail else math.nan
         final = {"final/train_loss": final_loss, "final/first_loss": first_loss}
-        if val_loss is not None:
-            final["final/val_loss"] = val_loss
+        if val_metrics:
+            final["final/val_loss"] = val_metrics["val/loss"]
+            final["final/val_mse"] = val_metrics["val/mse"]
         run.log_metrics(final, step=self.step)
         run.end("FINISHED")
         summary = {"step": self.step, "first_loss": first_loss, "final_loss": final_loss, "val_loss": val_loss,

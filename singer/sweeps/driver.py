@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import time
 from collections import deque
@@ -218,8 +217,8 @@ class SweepDriver:
                 changed = sorted(k for k in set(before or {}) | set(now) if (before or {}).get(k) != now.get(k))
                 raise SweepError(
                     f"{self.spec.path} changed since sweep {self.spec.name!r} began in {self.out_dir} "
-                    f"(keys: {', '.join(changed)}); only limits, launcher, timeout_min, max_requeue, pruner "
-                    "and mlflow may change on --resume. Restore the file, or start a new sweep with --out"
+                    f"(keys: {', '.join(changed)}); only limits, launcher, timeout_min, max_requeue and "
+                    "pruner may change on --resume. Restore the file, or start a new sweep with --out"
                 )
             return
         if self.out_dir.exists() and any(self.out_dir.iterdir()):
@@ -265,7 +264,12 @@ class SweepDriver:
     def _open_tracking(self) -> None:
         from singer import tracking
 
-        uri = self.spec.tracking_uri or self.state.get("tracking_uri") or tracking.tracking_uri(None)
+        recorded = self.state.get("tracking_uri")
+        if recorded and self.spec.tracking_uri and self.spec.tracking_uri != recorded:
+            raise SweepError(f"this sweep records to MLflow at {recorded}, not {self.spec.tracking_uri}: "
+                             "restore mlflow.tracking_uri, or start a new sweep with --out")  # fmt: skip
+        # Recorded first: the parent run lives there, whatever $MLFLOW_TRACKING_URI says today.
+        uri = recorded or self.spec.tracking_uri or tracking.tracking_uri(None)
         self.state["tracking_uri"] = uri
         # Created here, before any job starts: concurrent first writers race on the sqlite schema.
         self.state["experiment_id"] = tracking.get_or_create_experiment(self.spec.experiment, uri)
@@ -414,7 +418,8 @@ class SweepDriver:
                 else:  # never submitted, or its job is gone: run it again, continuing from its checkpoint
                     self.pending.appendleft((frozen.number, seed, True))
                     adopted.append(f"seed {seed}: resubmitted with trainer.resume=true")
-            self._log(f"[cyan]trial {frozen.number} adopted[/] ({escape(flight.config.label())}): {escape('; '.join(adopted)) or 'results known'}")
+            what = escape("; ".join(adopted)) or "results known"
+            self._log(f"[cyan]trial {frozen.number} adopted[/] ({escape(flight.config.label())}): {what}")
             self._maybe_finish(flight)
 
     # -- polling ------------------------------------------------------------------------------
@@ -505,7 +510,8 @@ class SweepDriver:
         states = [o["state"] for o in outcomes]
         trial, number = flight.trial, flight.number
         if FAIL in states:
-            reason = "; ".join(f"seed {s}: {o['error']}" for s, o in zip(self.spec.seeds, outcomes) if o["state"] == FAIL)
+            failed = [(s, o) for s, o in zip(self.spec.seeds, outcomes) if o["state"] == FAIL]
+            reason = "; ".join(f"seed {s}: {o['error']}" for s, o in failed)
             trial.set_user_attr("fail_reason", reason)
             self.study.tell(trial, state=TrialState.FAIL)
             self._log(f"[red]trial {number} FAILED[/] ({escape(flight.config.label())}): {escape(reason)}")
@@ -688,7 +694,7 @@ class SweepDriver:
         if not summary.best:
             say("[yellow]no trial completed[/]")
         for b in summary.best:
-            label = "best" if len(summary.best) == 1 else "Pareto-optimal"
+            label = "Pareto-optimal" if len(b["values"]) > 1 else "best"
             values = ", ".join(f"{k}={v:.4g}" for k, v in b["values"].items())
             params = ", ".join(f"{k}={v}" for k, v in b["params"].items())
             say(f"[green]{label}: trial {b['trial']}[/] ({escape(b['variant'] or 'search space')}): {values}")

@@ -39,10 +39,12 @@ PRUNERS = {
 DIRECTIONS = ("minimize", "maximize")
 # What a trial job can return: the trainer's result (singer.trainer.TrainResult) plus any
 # ``eval/...`` metric logged into the trial's MLflow run.
-OBJECTIVE_METRICS = ("val/loss", "train/loss", "final/train_loss", "final/val_loss", "final/first_loss")
+OBJECTIVE_METRICS = (
+    "val/loss", "val/mse", "train/loss", "final/train_loss", "final/val_loss", "final/val_mse", "final/first_loss",
+)  # fmt: skip
 EVAL_PREFIX = "eval/"
 # What the trainer hands its reporter at every validation: the values pruning can look at.
-REPORTED_METRICS = ("val/loss", "train/loss")
+REPORTED_METRICS = ("val/loss", "val/mse", "train/loss")
 LIMIT_KEYS = ("trials", "parallel")
 MLFLOW_KEYS = ("experiment", "tracking_uri")
 # Keys the sweep sets itself for every job; a sweep file may not set them.
@@ -251,6 +253,7 @@ class SweepSpec:
             "sampler": self.sampler,
             "objectives": [[o.metric, o.direction] for o in self.objectives],
             "seeds": list(self.seeds),
+            "experiment": self.experiment,
         }
 
     def summary_params(self) -> dict[str, str]:
@@ -470,12 +473,11 @@ def parse_sweep(data: Any, path: Path | str = "<sweep>", *, compose_check: bool 
                           "a 'space' mapping of params and/or a 'variants' mapping of override lists")  # fmt: skip
 
     sampler_raw = data.get("sampler", "grid")
-    if isinstance(sampler_raw, str):
-        sampler_raw = {"type": sampler_raw}
-    if not isinstance(sampler_raw, Mapping) or sampler_raw.get("type") not in SAMPLERS:
-        got = sampler_raw.get("type") if isinstance(sampler_raw, Mapping) else sampler_raw
-        raise check.error("sampler.type" if isinstance(sampler_raw, Mapping) else "sampler",
-                          f"unknown sampler {got!r}", " | ".join(SAMPLERS))  # fmt: skip
+    short = not isinstance(sampler_raw, Mapping)  # `sampler: tpe` is short for `sampler: {type: tpe}`
+    sampler_raw = {"type": sampler_raw} if short else sampler_raw
+    if sampler_raw.get("type") not in SAMPLERS:
+        raise check.error("sampler" if short else "sampler.type", f"unknown sampler {sampler_raw.get('type')!r}",
+                          " | ".join(SAMPLERS))  # fmt: skip
     sampler = sampler_raw["type"]
     check.mapping("sampler", sampler_raw, SAMPLERS[sampler])
     sampler_seed = check.integer("sampler.seed", sampler_raw.get("seed", 0), low=0)
@@ -505,11 +507,11 @@ def parse_sweep(data: Any, path: Path | str = "<sweep>", *, compose_check: bool 
         raise check.error("objectives", "a metric is listed twice", "distinct metrics")
 
     pruner_raw = data.get("pruner", "none")
-    if isinstance(pruner_raw, str):
-        pruner_raw = {"type": pruner_raw}
-    if not isinstance(pruner_raw, Mapping) or pruner_raw.get("type") not in PRUNERS:
-        got = pruner_raw.get("type") if isinstance(pruner_raw, Mapping) else pruner_raw
-        raise check.error("pruner.type", f"unknown pruner {got!r}", " | ".join(PRUNERS))
+    short = not isinstance(pruner_raw, Mapping)  # `pruner: none` is short for `pruner: {type: none}`
+    pruner_raw = {"type": pruner_raw} if short else pruner_raw
+    if pruner_raw.get("type") not in PRUNERS:
+        raise check.error("pruner" if short else "pruner.type", f"unknown pruner {pruner_raw.get('type')!r}",
+                          " | ".join(PRUNERS))  # fmt: skip
     pruner = check.mapping("pruner", pruner_raw, PRUNERS[pruner_raw["type"]])
     if pruner["type"] != "none":
         pruner["metric"] = _metric(check, "pruner.metric", pruner.get("metric", "val/loss"), REPORTED_METRICS,

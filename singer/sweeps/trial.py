@@ -208,6 +208,8 @@ class TrialJob(CheckpointableJob):
         available: dict[str, float] = {k: float(v) for k, v in result.metrics.items() if v is not None}
         if result.val_loss is not None:
             available["val/loss"] = float(result.val_loss)
+        if "final/val_mse" in available:
+            available["val/mse"] = available["final/val_mse"]
         missing = [m for m in self.metrics if m not in available]
         if missing and result.run_id:  # e.g. eval/... metrics logged into the run by an evaluator
             available.update({k: v for k, v in self._run_metrics(result.run_id).items() if k not in available})
