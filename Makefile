@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m singer.train trainer=cpu_tiny
+	$(PY) -m singer.sweep sweeps/spectral_scales.yaml
 
 # The SLURM integration tests need slurmctld/slurmd/slurmdbd; the script is a fast no-op
 # when they are installed already, and skips (tests then skip) without root/apt.

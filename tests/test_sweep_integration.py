@@ -1,0 +1,204 @@
+"""Sweeps against real services: an MLflow tracking server, the local SLURM cluster, and a
+Hydra multirun through hydra-submitit-launcher.
+
+Everything is tiny (a few steps of a very small model on 4 short clips) and stays in the
+test's temporary folder; servers are started on free ports and stopped by process id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from singer.sweep import main
+from singer.sweeps.trial import open_storage
+
+from slurm_fixture import sacct, slurm_cluster  # noqa: F401  (the fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+
+FAST = [
+    "trainer=cpu_tiny", "trainer.steps=4", "trainer.val_every=2", "trainer.log_every=2", "trainer.ckpt_every=2",
+    "trainer.sample_at_end=false", "trainer.threads=1", "backbone.channels=[8,16,32]", "frontend=mel",
+    "data.synth.clips=4", "data.synth.seconds=2.0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """One tiny SynthSing set for the module, generated here so parallel jobs do not race on it."""
+    from singer.config import compose
+    from singer.trainer import build_datasets
+
+    root = tmp_path_factory.mktemp("synthsing")
+    build_datasets(compose([*FAST, f"data.root={root}"]))
+    return root
+
+
+def write_sweep(tmp_path: Path, data_root: Path, name: str, **fields) -> Path:
+    data = {
+        "name": name,
+        "overrides": [*FAST, f"data.root={data_root}"],
+        "space": {"trainer.lr": {"type": "choice", "values": [1.0e-3, 2.0e-3]}},
+        "sampler": "grid",
+        "objectives": [{"metric": "val/loss", "direction": "minimize"}],
+        "seeds": [0],
+        "limits": {"parallel": 2},
+        "launcher": "debug",
+        "timeout_min": 5,
+        "mlflow": {"experiment": name},
+    }
+    data.update(fields)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a process started in its own session, with everything it started (gunicorn/uvicorn workers)."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free port with a sqlite backend; yields its URI."""
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    command = [
+        str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination", str(tmp_path / "server_artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert server.poll() is None, (tmp_path / "server.log").read_text()
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        _wait_for(healthy, 60, f"the MLflow server at {uri}")
+        yield uri
+    finally:
+        _stop(server)
+        log.close()
+
+
+def _parent_and_children(experiment: str):
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    return runs[runs["tags.sweep.role"] == "parent"], runs[runs["tags.sweep.role"] != "parent"]
+
+
+def test_sweep_records_nested_runs_on_an_mlflow_server(tmp_path, data_root, mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    path = write_sweep(tmp_path, data_root, "served", mlflow={"experiment": "served", "tracking_uri": mlflow_server})
+    out_dir = tmp_path / "out"
+    assert main([str(path), "--out", str(out_dir), "--no-progress", "--poll", "0.2"]) == 0
+
+    mlflow.set_tracking_uri(mlflow_server)
+    try:
+        parent, children = _parent_and_children("served")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
+    parent_id = parent["run_id"].iloc[0]
+    assert len(children) == 2
+    assert (children["tags.mlflow.parentRunId"] == parent_id).all()
+    assert sorted(zip(children["tags.trial"], children["tags.seed"])) == [("0", "0"), ("1", "0")]
+    assert (children["status"] == "FINISHED").all() and (children["tags.sweep"] == "served").all()
+    # The driver recorded the server, and the jobs logged there, not to a local store.
+    assert json.loads((out_dir / "sweep_state.json").read_text())["tracking_uri"] == mlflow_server
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slurm
+def test_sweep_runs_on_the_local_slurm_cluster(slurm_cluster, tmp_path, data_root):
+    path = write_sweep(tmp_path, data_root, "on_slurm", launcher="slurm:local")
+    out_dir = tmp_path / "out"
+    assert main([str(path), "--out", str(out_dir), "--no-progress", "--poll", "0.5"]) == 0
+
+    study = optuna.load_study(study_name="on_slurm", storage=open_storage(f"journal:{out_dir / 'optuna.journal'}"))
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1]
+    assert all(t.state.name == "COMPLETE" for t in trials), [t.user_attrs for t in trials]
+    jobs = [t.user_attrs["job.seed0"] for t in trials]
+    assert all(job["kind"] == "slurm" for job in jobs), jobs
+    job_ids = sorted(str(job["job_id"]) for job in jobs)
+
+    def completed() -> bool:  # accounting may trail the jobs' end by a moment
+        rows = sacct("-X", "-j", ",".join(job_ids), "-o", "JobID,State")
+        return sorted(rows) == [[job_id, "COMPLETED"] for job_id in job_ids]
+
+    _wait_for(completed, 30, f"sacct to list jobs {job_ids} as COMPLETED")
+
+    _, children = _parent_and_children("on_slurm")
+    assert len(children) == 2 and (children["status"] == "FINISHED").all()
+
+
+def test_hydra_multirun_with_the_submitit_launcher(tmp_path, data_root):
+    uri = f"sqlite:///{tmp_path / 'multirun.db'}"
+    # Created before the jobs start: two first writers of a fresh sqlite store race on its schema.
+    mlflow.MlflowClient(uri).search_experiments()
+    sweep_dir = tmp_path / "multirun"
+    command = [
+        sys.executable, "-m", "singer.train", "-m", "frontend=mel,msm",
+        "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1",
+        "trainer=cpu_tiny", "trainer.steps=2", "trainer.val_every=2", "trainer.sample_at_end=false",
+        "trainer.threads=1", "data.synth.clips=4", "data.synth.seconds=2", f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]  # fmt: skip
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+    assert sorted(p.relative_to(sweep_dir).as_posix() for p in sweep_dir.glob("*/checkpoints/last.pt")) == [
+        "0/checkpoints/last.pt", "1/checkpoints/last.pt",
+    ]  # fmt: skip
+    client = mlflow.MlflowClient(uri)
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiment_ids)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.tags.get("frontend") for r in runs) == ["mel", "msm"], [r.data.tags for r in runs]
+    assert sorted(r.data.params.get("frontend.name") for r in runs) == ["mel", "msm"]
