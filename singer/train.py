@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import hydra
+from hydra.experimental.callback import Callback
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -17,6 +18,18 @@ import sys
 
 from singer.config import ConfigError, validate
 from singer.trainer import train
+
+
+class PrepareTrackingStore(Callback):
+    """Hydra multirun: create the MLflow store and experiment once, before parallel jobs start.
+
+    Two jobs that are the first writers of a new sqlite store race on its schema migration.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from singer import tracking
+
+        tracking.get_or_create_experiment(config.tracking.experiment, config.tracking.uri)
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

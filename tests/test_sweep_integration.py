@@ -179,8 +179,9 @@ def test_sweep_runs_on_the_local_slurm_cluster(slurm_cluster, tmp_path, data_roo
 
 def test_hydra_multirun_with_the_submitit_launcher(tmp_path, data_root):
     uri = f"sqlite:///{tmp_path / 'multirun.db'}"
-    # Created before the jobs start: two first writers of a fresh sqlite store race on its schema.
-    mlflow.MlflowClient(uri).search_experiments()
+    # A fresh store: singer.train's multirun callback must create it before the jobs start
+    # (two first writers of a new sqlite store race on its schema).
+    assert not (tmp_path / "multirun.db").exists()
     sweep_dir = tmp_path / "multirun"
     command = [
         sys.executable, "-m", "singer.train", "-m", "frontend=mel,msm",
