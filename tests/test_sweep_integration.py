@@ -26,26 +26,9 @@ from singer.sweep import main
 from singer.sweeps.trial import open_storage
 
 from slurm_fixture import sacct, slurm_cluster  # noqa: F401  (the fixture)
+from test_sweep import FAST, data_root  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parent.parent
-
-FAST = [
-    "trainer=cpu_tiny", "trainer.steps=4", "trainer.val_every=2", "trainer.log_every=2", "trainer.ckpt_every=2",
-    "trainer.sample_at_end=false", "trainer.threads=1", "backbone.channels=[8,16,32]", "frontend=mel",
-    "data.synth.clips=4", "data.synth.seconds=2.0",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    """One tiny SynthSing set for the module, generated here so parallel jobs do not race on it."""
-    from singer.config import compose
-    from singer.trainer import build_datasets
-
-    root = tmp_path_factory.mktemp("synthsing")
-    build_datasets(compose([*FAST, f"data.root={root}"]))
-    return root
-
 
 def write_sweep(tmp_path: Path, data_root: Path, name: str, **fields) -> Path:
     data = {
