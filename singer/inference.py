@@ -109,6 +109,8 @@ def generate_video(
     from tqdm.auto import tqdm
 
     cfg, dev = loaded.cfg, loaded.device
+    if loaded.spec.sample is None:
+        raise ValueError(f"model '{loaded.spec.name}' does not generate video ({loaded.spec.description})")
     steps = int(steps if steps is not None else cfg.model.sample.steps)
     guidance_scale = float(guidance_scale if guidance_scale is not None else cfg.model.sample.guidance_scale)
     fps, sr, clip = loaded.fps, loaded.sample_rate, loaded.clip_frames

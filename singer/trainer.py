@@ -410,7 +410,7 @@ class Trainer:
                 if self.step % self.tc.ckpt_every == 0 or self.step == self.tc.steps:
                     self.save_checkpoint()
             bar.close()
-            if self.tc.sample_at_end:
+            if self.tc.sample_at_end and self.spec.sample is not None:
                 self._sample(val_set if len(val_set) else train_set, run)
             status = "FINISHED"
         except KeyboardInterrupt:

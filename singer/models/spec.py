@@ -51,7 +51,8 @@ class ModelSpec:
 
     build:   composed config (DictConfig) → nn.Module.
     loss:    (model, batch, generator) → (scalar loss, float logs). Batch layout: docs/architecture.md.
-    sample:  (model, Conditions, steps=, guidance_scale=, generator=) → video B×3×F×H×W in [-1, 1].
+    sample:  (model, Conditions, steps=, guidance_scale=, generator=) → video B×3×F×H×W in [-1, 1];
+             None for models that do not generate video (e.g. a sync expert, an autoencoder).
     config:  name of its default config in ``singer/conf/model/``.
     """
 
@@ -59,7 +60,7 @@ class ModelSpec:
     build: Callable[[Any], nn.Module]
     description: str = ""
     loss: LossFn = _method_loss
-    sample: SampleFn = _method_sample
+    sample: SampleFn | None = _method_sample
     config: str | None = None
 
     @property
