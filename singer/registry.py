@@ -129,6 +129,17 @@ def load_plugins() -> None:
                 raise
 
 
+def import_submodules(package: str, path) -> None:
+    """Import every module and sub-package of a plugin package (its ``__path__``), so that a
+    new component is one new file (or folder) with a register call, and no list to edit.
+    ``conf`` (a package's Hydra configs) holds no components."""
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        if not info.name.startswith("_") and info.name != "conf":
+            importlib.import_module(f"{package}.{info.name}")
+
+
 def all_registries() -> dict[str, Registry]:
     load_plugins()
     return dict(_ALL)
