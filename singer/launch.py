@@ -470,3 +470,60 @@ def wait(
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             raise TimeoutError(f"jobs still unfinished after {timeout_s:.0f} s: {counts}")
         time.sleep(poll_s)
+
+
+# -- hydra-submitit-launcher ------------------------------------------------------------------
+HYDRA_LAUNCHER_PREFIX = "slurm_"
+
+
+def hydra_launcher_settings(profile: SlurmProfile) -> dict[str, Any]:
+    """A profile as hydra-submitit-launcher's ``submitit_slurm`` settings (``hydra.launcher.*``).
+
+    Shell variables in setup lines (``${SLURM_CPUS_PER_TASK}``) are escaped, or Hydra would
+    read them as its own interpolations.
+    """
+
+    def literal(value: Any) -> Any:
+        return value.replace("${", "\\${") if isinstance(value, str) else value
+
+    settings: dict[str, Any] = {
+        "timeout_min": profile.time_min,
+        "nodes": profile.nodes,
+        "tasks_per_node": profile.tasks_per_node,
+        "cpus_per_task": profile.cpus_per_task,
+        "gpus_per_node": profile.gpus_per_node or None,  # "--gpus-per-node=0" fails without GPUs
+        "mem_gb": None if profile.mem_gb is None else max(1, round(profile.mem_gb)),
+        "partition": profile.partition,
+        "account": profile.account,
+        "qos": profile.qos,
+        "constraint": profile.constraint,
+        "array_parallelism": profile.array_parallelism or 256,
+        "setup": [literal(line) for line in profile.setup] or None,
+        "signal_delay_s": profile.signal_delay_s,
+        "max_num_timeout": profile.max_requeue,
+        "additional_parameters": {k: literal(v) for k, v in profile.additional.items()},
+    }
+    return settings
+
+
+def register_hydra_launchers() -> list[str]:
+    """Offer every SLURM profile to Hydra as ``hydra/launcher=slurm_<profile>``.
+
+    The entries are ``submitit_slurm`` with the profile's settings, so a multirun such as
+    ``python -m singer.train -m frontend=mel,msm hydra/launcher=slurm_gpu1`` asks SLURM for what
+    the profile says; any ``hydra.launcher.<key>=...`` override still wins. A profile that does
+    not load is left out here (``load_profile`` explains why when it is used by name).
+    """
+    from hydra.core.config_store import ConfigStore
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+
+    store, names = ConfigStore.instance(), []
+    for name in available_profiles():
+        try:
+            profile = load_profile(name)
+        except ProfileError:
+            continue
+        node = SlurmQueueConf(**hydra_launcher_settings(profile))
+        store.store(group="hydra/launcher", name=f"{HYDRA_LAUNCHER_PREFIX}{name}", node=node, provider="singer")
+        names.append(f"{HYDRA_LAUNCHER_PREFIX}{name}")
+    return names

@@ -5,6 +5,7 @@ Examples:
     python -m singer.train trainer=cpu_tiny frontend=mel backbone.bottleneck_filter=none
     python -m singer.train trainer=cpu_tiny out_dir=runs/a trainer.resume=true   # continue a run
     python -m singer.train -m frontend=mel,msm trainer=cpu_tiny hydra/launcher=submitit_local
+    python -m singer.train -m frontend=mel,msm hydra/launcher=slurm_gpu1   # submitit_slurm + slurm/profiles/gpu1.yaml
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from omegaconf import DictConfig
 import sys
 
 from singer.config import ConfigError, validate
+from singer.launch import register_hydra_launchers
 from singer.trainer import train
+
+register_hydra_launchers()  # hydra/launcher=slurm_<profile> for every slurm/profiles/<profile>.yaml
 
 
 class PrepareTrackingStore(Callback):

@@ -12,8 +12,12 @@ import pytest
 @pytest.fixture(autouse=True)
 def _isolated_mlflow(tmp_path, monkeypatch):
     """Every test gets its own sqlite MLflow store unless it sets one itself."""
+    import mlflow
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(None)  # an earlier test's in-process code may have pinned its own store
     yield
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -246,3 +246,19 @@ def test_slurm_profile_maps_to_sbatch_options(tmp_path):
     ]:
         assert line in script.splitlines(), f"missing {line!r} in:\n{script}"
     assert "--account" not in script and "--qos" not in script
+
+
+def test_slurm_profiles_are_offered_to_hydra_as_launchers():
+    from singer.config import compose as _compose  # noqa: F401  (Hydra is importable)
+    from hydra import compose, initialize_config_module
+
+    names = launch.register_hydra_launchers()
+    assert {"slurm_local", "slurm_gpu1", "slurm_gpu8_ddp"} <= set(names)
+    with initialize_config_module("singer.conf", version_base="1.3"):
+        cfg = compose("train", ["hydra/launcher=slurm_gpu1"], return_hydra_config=True)
+    settings = cfg.hydra.launcher
+    profile = launch.load_profile("gpu1")
+    assert settings._target_.endswith("SlurmLauncher")
+    assert (settings.partition, settings.gpus_per_node, settings.cpus_per_task, settings.timeout_min) == (
+        profile.partition, profile.gpus_per_node, profile.cpus_per_task, profile.time_min)
+    assert settings.max_num_timeout == profile.max_requeue and list(settings.setup) == list(profile.setup)

@@ -186,3 +186,136 @@ def test_hydra_multirun_with_the_submitit_launcher(tmp_path, data_root):
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert sorted(r.data.tags.get("frontend") for r in runs) == ["mel", "msm"], [r.data.tags for r in runs]
     assert sorted(r.data.params.get("frontend.name") for r in runs) == ["mel", "msm"]
+
+
+# -- preemption and cancellation of trials on the real cluster ---------------------------------
+SLOW_TRIAL = ["trainer.steps=24", "trainer.val_every=12", "trainer.ckpt_every=2"]
+
+
+def _start_driver(path: Path, out_dir: Path, cwd: Path) -> subprocess.Popen:
+    """The sweep driver as a user runs it, in its own process (the test watches it from outside)."""
+    log = open(out_dir.with_suffix(".log"), "wb")
+    return subprocess.Popen([sys.executable, "-m", "singer.sweep", str(path), "--out", str(out_dir), "--no-progress",
+                             "--poll", "0.5"], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+
+
+def _job_record(out_dir: Path, key: str) -> dict | None:
+    state = out_dir / "sweep_state.json"
+    if not state.exists():
+        return None
+    return json.loads(state.read_text())["jobs"].get(key)
+
+
+def _checkpoint_step(trial_dir: Path) -> int:
+    import torch
+
+    path = trial_dir / "checkpoints" / "last.pt"
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except (FileNotFoundError, RuntimeError, EOFError):  # not written yet
+        return -1
+
+
+def _finish(driver: subprocess.Popen, out_dir: Path, timeout_s: float = 240) -> int:
+    try:
+        return driver.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop(driver)
+        raise AssertionError("the driver did not finish:\n" + out_dir.with_suffix(".log").read_text()[-4000:])
+
+
+@pytest.mark.slurm
+def test_preempted_trial_requeues_and_ends_as_if_uninterrupted(slurm_cluster, tmp_path, data_root):
+    """SLURM preemption (SIGTERM, then the USR2 signal submitit asked for) of a running trial: the
+    job checkpoints, requeues, resumes from its last checkpoint and ends with the value of an
+    uninterrupted run, in the same MLflow run."""
+    fields = {"overrides": [*FAST, f"data.root={data_root}", *SLOW_TRIAL],
+              "space": {"trainer.lr": {"type": "choice", "values": [1.0e-3]}}}  # fmt: skip
+    reference = write_sweep(tmp_path, data_root, "uninterrupted", **fields)
+    assert main([str(reference), "--out", str(tmp_path / "reference"), "--no-progress", "--poll", "0.2"]) == 0
+    expected = optuna.load_study(study_name="uninterrupted", storage=open_storage(
+        f"journal:{tmp_path / 'reference' / 'optuna.journal'}")).trials[0].value  # fmt: skip
+
+    path = write_sweep(tmp_path, data_root, "preempted", launcher="slurm:local", **fields)
+    out_dir = tmp_path / "preempted"
+    driver = _start_driver(path, out_dir, tmp_path)
+    try:
+        _wait_for(lambda: _checkpoint_step(out_dir / "trials" / "0000-seed0") >= 4, 120,
+                  "the trial to save a checkpoint past step 4")  # fmt: skip
+        record = _job_record(out_dir, "0-seed0")
+        import submitit
+
+        submitit.SlurmJob(record["folder"], record["job_id"])._interrupt()  # SIGTERM, then USR2
+        assert _finish(driver, out_dir) == 0, out_dir.with_suffix(".log").read_text()[-4000:]
+    finally:
+        _stop(driver)
+
+    trial = optuna.load_study(study_name="preempted", storage=open_storage(
+        f"journal:{out_dir / 'optuna.journal'}")).trials[0]  # fmt: skip
+    assert trial.state.name == "COMPLETE", trial.user_attrs
+    assert trial.value == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+    job_id = record["job_id"]
+    _wait_for(lambda: [row[1] for row in sacct("-D", "-X", "-j", job_id, "-o", "JobID,State")]
+              == ["REQUEUED", "COMPLETED"], 30, f"sacct to show both runs of job {job_id}")  # fmt: skip
+    _, children = _parent_and_children("preempted")
+    assert len(children) == 1 and children["status"].iloc[0] == "FINISHED"  # resumed its run, no second one
+    assert children["metrics.final/val_loss"].iloc[0] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.slurm
+def test_scancelled_trial_is_failed_and_the_sweep_goes_on(slurm_cluster, tmp_path, data_root):
+    fields = {"overrides": [*FAST, f"data.root={data_root}", *SLOW_TRIAL]}
+    path = write_sweep(tmp_path, data_root, "cancelled", launcher="slurm:local", **fields)
+    out_dir = tmp_path / "cancelled"
+    driver = _start_driver(path, out_dir, tmp_path)
+    try:
+        _wait_for(lambda: _checkpoint_step(out_dir / "trials" / "0000-seed0") >= 2, 120,
+                  "trial 0 to be running")  # fmt: skip
+        record = _job_record(out_dir, "0-seed0")
+        subprocess.run(["scancel", record["job_id"]], check=True)
+        assert _finish(driver, out_dir) == 0, out_dir.with_suffix(".log").read_text()[-4000:]
+    finally:
+        _stop(driver)
+
+    trials = optuna.load_study(study_name="cancelled", storage=open_storage(
+        f"journal:{out_dir / 'optuna.journal'}")).trials  # fmt: skip
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"], [t.user_attrs for t in trials]
+    reason = trials[0].user_attrs.get("fail_reason") or json.dumps(trials[0].user_attrs)
+    assert "CANCEL" in reason.upper() or "killed" in reason.lower() or "signal" in reason.lower(), reason
+
+    parent, children = _parent_and_children("cancelled")
+    assert parent["status"].iloc[0] == "FINISHED"
+    by_trial = dict(zip(children["tags.trial"], children["status"]))
+    assert by_trial == {"0": "FAILED", "1": "FINISHED"}, by_trial
+    assert children.set_index("tags.trial").loc["0", "tags.error"]
+
+
+@pytest.mark.slurm
+def test_hydra_multirun_on_slurm_with_a_profile(slurm_cluster, tmp_path, data_root):
+    """``hydra/launcher=slurm_local``: hydra-submitit-launcher's submitit_slurm with slurm/profiles/local.yaml."""
+    uri = f"sqlite:///{tmp_path / 'multirun.db'}"
+    sweep_dir = tmp_path / "multirun"
+    command = [
+        sys.executable, "-m", "singer.train", "-m", "frontend=mel,msm", "hydra/launcher=slurm_local",
+        "trainer=cpu_tiny", "trainer.steps=2", "trainer.val_every=2", "trainer.sample_at_end=false",
+        "trainer.threads=1", "data.synth.clips=4", "data.synth.seconds=2", f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=dict(os.environ, MLFLOW_TRACKING_URI=uri), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert len(list(sweep_dir.glob("*/checkpoints/last.pt"))) == 2
+
+    # The jobs went through SLURM, with the profile's partition and time limit.
+    job_ids = sorted({p.name.split("_")[0] for p in (sweep_dir / ".submitit").iterdir() if p.name[0].isdigit()})
+    assert job_ids, list((sweep_dir / ".submitit").iterdir())
+
+    def completed() -> bool:  # accounting may trail the jobs' end by a moment
+        rows = sacct("-X", "-j", ",".join(job_ids), "-o", "JobID,State,Partition,Timelimit")
+        return len(rows) == 2 and all(r[1:] == ["COMPLETED", "debug", "00:10:00"] for r in rows)
+
+    _wait_for(completed, 30, f"sacct to list the array tasks of {job_ids} as COMPLETED in partition debug")
+    runs = mlflow.MlflowClient(uri).search_runs([e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()])
+    assert sorted(r.data.tags.get("frontend") for r in runs) == ["mel", "msm"]
