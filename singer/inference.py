@@ -116,7 +116,8 @@ def generate_video(
     fps, sr, clip = loaded.fps, loaded.sample_rate, loaded.clip_frames
     total_frames = max(1, round(len(audio) / sr * fps))
     num_clips = math.ceil(total_frames / clip)
-    padded = np.zeros(round(num_clips * clip / fps * sr) + 1, dtype=np.float32)
+    # Rounding F can leave up to half a frame of audio past the last frame; it is kept (unused).
+    padded = np.zeros(max(len(audio), round(num_clips * clip / fps * sr) + 1), dtype=np.float32)
     padded[: len(audio)] = audio
 
     ref = to_tensor_frames(square_face(face, loaded.size)).unsqueeze(0).to(dev)

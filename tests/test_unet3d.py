@@ -229,3 +229,75 @@ def test_bf16_autocast_forward_backward():
     assert out.shape == x.shape and torch.isfinite(out.float()).all()
     out.float().pow(2).mean().backward()
     assert model.bottleneck.filter.gains.grad.abs().sum() > 0
+
+
+def test_grad_checkpointing_same_loss_and_grads():
+    """set_grad_checkpointing recomputes activations in backward: same loss, same gradients."""
+    model = make(bottleneck_filter="sfm").train()
+    perturb(model)
+    x, t, audio, ref, motion = inputs()
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss = model(x, t, audio, ref, motion).pow(2).mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = loss_and_grads()
+    model.set_grad_checkpointing(True)
+    assert model.grad_checkpointing
+    ckpt_loss, ckpt_grads = loss_and_grads()
+    torch.testing.assert_close(ckpt_loss, plain_loss, rtol=1e-6, atol=1e-7)
+    assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) == len(list(model.parameters()))
+    for name in plain_grads:
+        torch.testing.assert_close(ckpt_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    model.set_grad_checkpointing(False)
+    assert not model.grad_checkpointing
+
+
+def region_masks(b=2, f=4, size=32, seed=5):
+    """Three soft masks per frame that sum to 1 at every pixel (a partition of unity)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, f, size, size, generator=g).softmax(dim=1)
+
+
+def test_region_masks_default_off_and_partition_of_unity_is_identity():
+    x, t, audio, ref, motion = inputs()
+    masks = region_masks()
+    plain = make()
+    gated = make(audio_regions=3)
+    perturb(plain)
+    result = gated.load_state_dict(plain.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys and all(k.endswith("audio_region_weights") for k in result.missing_keys)
+    with torch.no_grad():
+        base = plain(x, t, audio, ref, motion)
+        # audio_regions=0 ignores masks: today's behaviour
+        torch.testing.assert_close(plain(x, t, audio, ref, motion, region_masks=masks), base)
+        # learned weights start at 1, so masks summing to 1 leave the output unchanged
+        torch.testing.assert_close(gated(x, t, audio, ref, motion, region_masks=masks), base, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(gated(x, t, audio, ref, motion), base, atol=2e-5, rtol=1e-4)
+
+
+def test_region_masks_gate_audio_and_weights_learn():
+    model = make(audio_regions=3).train()
+    perturb(model)
+    x, t, audio, ref, motion = inputs()
+    masks = region_masks()
+    lip_only = torch.zeros_like(masks)
+    lip_only[:, 0] = 1.0
+    with torch.no_grad():
+        a = model(x, t, audio, ref, motion, region_masks=masks)
+        b = model(x, t, audio, ref, motion, region_masks=lip_only)
+        assert (a - b).abs().max() > 1e-3
+        # all-zero masks switch the audio path off: the audio no longer matters
+        zero = torch.zeros_like(masks)
+        torch.testing.assert_close(
+            model(x, t, audio, ref, motion, region_masks=zero),
+            model(x, t, torch.randn_like(audio), ref, motion, region_masks=zero),
+        )
+    model(x, t, audio, ref, motion, region_masks=masks).pow(2).mean().backward()
+    blocks = [m for m in model.modules() if isinstance(m, FrameTransformer)]
+    assert all(blk.audio_region_weights.grad.abs().sum() > 0 for blk in blocks)
+    with pytest.raises(ValueError, match="region_masks must be"):
+        model(x, t, audio, ref, motion, region_masks=masks[:, :2])

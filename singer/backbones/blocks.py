@@ -165,7 +165,11 @@ class FrameTransformer(nn.Module):
       sinusoidal frame-position embedding added to its input (positions come from the caller
       so generated frames keep the same positions with or without motion frames);
     * audio cross-attention: the H·W tokens of frame f (queries) attend to the N audio tokens
-      of frame f (keys/values, projected from ``audio_dim``), after a LayerNorm on the audio;
+      of frame f (keys/values, projected from ``audio_dim``), after a LayerNorm on the audio.
+      Optional region gating (Hallo's hierarchical audio attention): with ``audio_regions=R``
+      and ``region_masks`` given, the attention output is multiplied per location by
+      ``Σ_r w_r · mask_r`` with learned per-region weights ``w_r`` (initialised to 1), so masks
+      that sum to 1 leave a fresh block unchanged; without masks nothing changes;
     * feed-forward: ``timm.layers.Mlp`` (GELU, ×2 width).
     """
 
@@ -179,9 +183,13 @@ class FrameTransformer(nn.Module):
         temporal: bool = True,
         audio: bool = True,
         mlp_ratio: float = 2.0,
+        audio_regions: int = 0,
     ):
         super().__init__()
+        if audio_regions < 0:
+            raise ValueError(f"audio_regions must be >= 0, got {audio_regions}")
         self.channels = channels
+        self.audio_regions = audio_regions if audio else 0
         if spatial:
             self.spatial_norm = nn.LayerNorm(channels)
             self.spatial_attn = Attention(channels, heads)
@@ -192,6 +200,8 @@ class FrameTransformer(nn.Module):
             self.audio_norm = nn.LayerNorm(channels)
             self.audio_context_norm = nn.LayerNorm(audio_dim)
             self.audio_attn = Attention(channels, heads, context_dim=audio_dim)
+            if audio_regions:
+                self.audio_region_weights = nn.Parameter(torch.ones(audio_regions))
         self.ff_norm = nn.LayerNorm(channels)
         self.ff = Mlp(channels, hidden_features=int(channels * mlp_ratio))
         zero_init(self.ff.fc2)
@@ -203,6 +213,7 @@ class FrameTransformer(nn.Module):
         num_frames: int,
         frame_positions: torch.Tensor,
         audio: torch.Tensor | None,
+        region_masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -210,6 +221,8 @@ class FrameTransformer(nn.Module):
             num_frames: F (needed to unfold the batch).
             frame_positions: ``F`` frame indices for the temporal position embedding.
             audio: ``(B·F)×N×D`` audio tokens per frame (required when audio attention is on).
+            region_masks: ``(B·F)×R×H×W`` soft region masks gating the audio attention output
+                (used only when the block was built with ``audio_regions=R``; None = ungated).
         """
         bf, c, h, w = x.shape
         b = bf // num_frames
@@ -228,7 +241,17 @@ class FrameTransformer(nn.Module):
         if self.audio:
             if audio is None:
                 raise ValueError("audio tokens are required by the audio cross-attention")
-            tokens = tokens + self.audio_attn(self.audio_norm(tokens), self.audio_context_norm(audio))
+            attended = self.audio_attn(self.audio_norm(tokens), self.audio_context_norm(audio))
+            if region_masks is not None and self.audio_regions:
+                if tuple(region_masks.shape) != (bf, self.audio_regions, h, w):
+                    raise ValueError(
+                        f"region_masks must be (B·F)×R×H×W = {bf}×{self.audio_regions}×{h}×{w}, "
+                        f"got shape {tuple(region_masks.shape)}"
+                    )
+                weights = self.audio_region_weights.to(attended.dtype)
+                gate = torch.einsum("nrhw,r->nhw", region_masks.to(attended.dtype), weights)
+                attended = attended * gate.reshape(bf, h * w, 1)
+            tokens = tokens + attended
 
         tokens = tokens + self.ff(self.ff_norm(tokens))
         return tokens.transpose(1, 2).reshape(bf, c, h, w)

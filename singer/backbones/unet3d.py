@@ -28,6 +28,14 @@ Conditions (``None`` = dropped, for classifier-free guidance):
   them; the output holds only the F generated frames. Generated frames always sit at frame
   positions M..M+F-1 of the temporal position embedding, with or without context, so
   dropping the motion frames does not shift the positions. ``motion_frames=0`` disables it.
+* **region masks** ``B×R×F×H×W`` (optional, with ``audio_regions=R``): soft masks (e.g. lip,
+  face, pose) that gate the audio cross-attention output per location, each with a learned
+  per-block weight (Hallo's hierarchical audio attention, see ``blocks.FrameTransformer``).
+  They are resized (area) to every resolution; context frames take the first frame's masks.
+  ``None`` (the default) is the ungated attention.
+
+``set_grad_checkpointing()`` (timm-style) recomputes every ResBlock and attention stack in the
+backward pass instead of storing their activations (less memory, same loss and gradients).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from singer.backbones.blocks import (
     Downsample2d,
@@ -77,6 +86,8 @@ class UNet3D(nn.Module):
         bottleneck_filter: ``"sfm"`` or ``"none"``, after the mid block.
         sfm_levels, sfm_wavelet: wavelet levels and name of the SFM.
         dropout: dropout inside the ResBlocks.
+        audio_regions: R, number of region masks that gate the audio cross-attention output
+            (0 = no gating; ``region_masks`` are then ignored).
     """
 
     def __init__(
@@ -96,6 +107,7 @@ class UNet3D(nn.Module):
         sfm_levels: int = 1,
         sfm_wavelet: str = "haar",
         dropout: float = 0.0,
+        audio_regions: int = 0,
     ):
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -115,6 +127,8 @@ class UNet3D(nn.Module):
         self.motion_frames = motion_frames
         self.reference = reference
         self.audio_attention = audio_attention
+        self.audio_regions = int(audio_regions) if audio_attention else 0
+        self.grad_checkpointing = False
         self.size_multiple = 2 ** (len(channels) - 1)
 
         embed_dim = 4 * channels[0]
@@ -134,6 +148,7 @@ class UNet3D(nn.Module):
                 spatial=spatial,
                 temporal=temporal_attention,
                 audio=audio_attention,
+                audio_regions=self.audio_regions,
             )
 
         # The reference adds C channels plus one "reference present" channel to every frame.
@@ -180,8 +195,12 @@ class UNet3D(nn.Module):
         self.norm_out = norm2d(width)
         self.conv_out = nn.Conv2d(width, self.out_channels, 3, padding=1)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute ResBlocks and attention stacks in backward (timm's method name)."""
+        self.grad_checkpointing = bool(enable)
+
     # -- input checks -------------------------------------------------------------------
-    def _check_inputs(self, x_t, audio, ref, motion) -> None:
+    def _check_inputs(self, x_t, audio, ref, motion, region_masks=None) -> None:
         if x_t.dim() != 5:
             raise ValueError(f"x_t must be B×C×F×H×W, got shape {tuple(x_t.shape)}")
         b, c, f, h, w = x_t.shape
@@ -206,6 +225,12 @@ class UNet3D(nn.Module):
                 raise ValueError(
                     f"motion must be B×C×M×H×W = {'×'.join(map(str, expected))}, got shape {tuple(motion.shape)}"
                 )
+        if region_masks is not None and self.audio_regions:
+            if region_masks.dim() != 5 or tuple(region_masks.shape[:3]) != (b, self.audio_regions, f):
+                raise ValueError(
+                    f"region_masks must be B×R×F×H×W = {b}×{self.audio_regions}×{f}×H×W, "
+                    f"got shape {tuple(region_masks.shape)}"
+                )
 
     # -- forward ------------------------------------------------------------------------
     def forward(
@@ -215,6 +240,7 @@ class UNet3D(nn.Module):
         audio: torch.Tensor | None = None,
         ref: torch.Tensor | None = None,
         motion: torch.Tensor | None = None,
+        region_masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoiser output for the F generated frames.
 
@@ -224,6 +250,8 @@ class UNet3D(nn.Module):
             audio: audio tokens ``B×F×N×D`` or ``None`` (dropped → learned null token).
             ref: reference frame ``B×C×H×W`` or ``None`` (dropped → zero channels, flag 0).
             motion: clean context frames ``B×C×M×H×W`` or ``None`` (dropped → no context).
+            region_masks: ``B×R×F×H×W`` soft masks gating the audio attention (any H×W; resized
+                to every level), or ``None`` (ungated). Ignored unless ``audio_regions=R > 0``.
 
         Returns:
             ``B×C_out×F×H×W``.
@@ -231,7 +259,7 @@ class UNet3D(nn.Module):
         A condition is ignored when its path is switched off (``audio_attention=False``,
         ``reference=False``, ``motion_frames=0``).
         """
-        self._check_inputs(x_t, audio, ref, motion)
+        self._check_inputs(x_t, audio, ref, motion, region_masks)
         # A condition whose path is switched off (an ablation) is ignored, so callers need not
         # know which paths the backbone has.
         audio = audio if self.audio_attention else None
@@ -277,21 +305,45 @@ class UNet3D(nn.Module):
         # Generated frames keep positions M..M+F-1 whether or not context frames are present.
         positions = torch.arange(self.motion_frames - m, self.motion_frames + f, device=device)
 
+        # Region masks per frame, (B·(M+F))×R×H×W; context frames take the first frame's masks.
+        masks = None
+        if region_masks is not None and self.audio_regions and context is not None:
+            masks = region_masks.to(dtype)
+            if m:
+                masks = torch.cat([masks[:, :, :1].expand(-1, -1, m, -1, -1), masks], dim=2)
+            masks = masks.transpose(1, 2).reshape(b * total, self.audio_regions, *masks.shape[-2:])
+        masks_at: dict[tuple[int, int], torch.Tensor] = {}
+
+        def masks_for(size: tuple[int, int]) -> torch.Tensor | None:
+            if masks is None:
+                return None
+            if size not in masks_at:
+                same = tuple(masks.shape[-2:]) == size
+                masks_at[size] = masks if same else F.interpolate(masks, size=size, mode="area")
+            return masks_at[size]
+
+        use_checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+
+        def run(module: nn.Module, *args):
+            if use_checkpoint:
+                return checkpoint(module, *args, use_reentrant=False)
+            return module(*args)
+
         def attend(block: FrameTransformer, h_: torch.Tensor) -> torch.Tensor:
-            return block(h_, total, positions, context)
+            return run(block, h_, total, positions, context, masks_for(tuple(h_.shape[-2:])))
 
         h_ = self.conv_in(x)
         skips = []
         for stage in self.down:
             for resnet, attention in zip(stage.resnets, stage.attentions):
-                h_ = attend(attention, resnet(h_, emb))
+                h_ = attend(attention, run(resnet, h_, emb))
             skips.append(h_)
             if stage.downsample is not None:
                 h_ = stage.downsample(h_)
 
-        h_ = self.mid_res1(h_, emb)
+        h_ = run(self.mid_res1, h_, emb)
         h_ = attend(self.mid_attention, h_)
-        h_ = self.mid_res2(h_, emb)
+        h_ = run(self.mid_res2, h_, emb)
         h_ = self.bottleneck(h_)
 
         for stage in self.up:
@@ -299,7 +351,7 @@ class UNet3D(nn.Module):
                 h_ = stage.upsample(h_)
             h_ = torch.cat([h_, skips.pop()], dim=1)
             for resnet, attention in zip(stage.resnets, stage.attentions):
-                h_ = attend(attention, resnet(h_, emb))
+                h_ = attend(attention, run(resnet, h_, emb))
 
         out = self.conv_out(F.silu(self.norm_out(h_)))
         out = out.reshape(b, total, self.out_channels, h, w)[:, m:]
