@@ -193,3 +193,67 @@ def search_runs(experiment: str, uri: str | None = None, filter_string: str = ""
 
     client(uri)
     return mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string)
+
+
+# -- evaluation helpers ---------------------------------------------------------------------------
+def store_exists(uri: str | None = None) -> bool:
+    """False for a ``sqlite:///`` store whose file does not exist (opening it would create it)."""
+    resolved = tracking_uri(uri)
+    if resolved.startswith("sqlite:///"):
+        return Path(resolved[len("sqlite:///") :]).is_file()
+    return True
+
+
+def find_run(run_id: str, uri: str | None = None):
+    """The MLflow run with this id, or None when this store has no such run (or no such store:
+    a missing sqlite file is not created)."""
+    from mlflow.exceptions import MlflowException
+
+    if not store_exists(uri):
+        return None
+    try:
+        return client(uri).get_run(run_id)
+    except MlflowException:
+        return None
+
+
+def run_out_dir(run_id: str, uri: str | None = None) -> Path:
+    """The output directory a training run recorded in its ``out_dir`` tag.
+
+    Raises ``LookupError`` when the run does not exist in the store or has no such tag.
+    """
+    if not store_exists(uri):
+        raise LookupError(f"there is no MLflow store at {tracking_uri(uri)} "
+                          "(set MLFLOW_TRACKING_URI to the runs' store)")
+    run = find_run(run_id, uri)
+    if run is None:
+        raise LookupError(f"no MLflow run '{run_id}' in {tracking_uri(uri)}")
+    out_dir = run.data.tags.get("out_dir")
+    if not out_dir:
+        raise LookupError(f"MLflow run '{run_id}' has no 'out_dir' tag (it was not started by the trainer)")
+    return Path(out_dir)
+
+
+def log_table(run: Run, rows: list[dict], name: str) -> None:
+    """Log a list of row dicts as the MLflow table artifact ``name`` (``dir/file.json``).
+
+    The file is what ``mlflow.log_table`` writes (pandas ``orient="split"`` JSON, readable with
+    ``mlflow.load_table`` and shown by the UI), but it *replaces* an earlier table of the same
+    name: ``log_table`` itself appends, so re-evaluating a run would duplicate its rows.
+    """
+    import posixpath
+    import tempfile
+
+    import pandas as pd
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    directory, filename = posixpath.split(posixpath.normpath(name))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / filename
+        pd.DataFrame(rows).to_json(local, orient="split", index=False)
+        run.log_artifact(local, directory or None)
+    tags = run._client.get_run(run.run_id).data.tags
+    logged = json.loads(tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": name, "type": "table"}
+    if entry not in logged:
+        run.set_tags({MLFLOW_LOGGED_ARTIFACTS: json.dumps([*logged, entry])})

@@ -104,6 +104,13 @@ BAD_FILES = [
     ({"pruner": {"type": "median"}, "objectives": [{"metric": "val/loss"}, {"metric": "eval/sync"}]},
      "'pruner.type'", "multi-objective"),
     ({"seeds": [0, 0]}, "'seeds'", "distinct"),
+    ({"objectives": [{"metric": "eval/psnr", "direction": "maximize"}]}, "'objectives'", "no 'evaluate' section"),
+    ({"evaluate": {"protocol": {"num_clip": 2}}}, "'evaluate.protocol'", "unknown protocol keys"),
+    ({"evaluate": {"protocol": {"steps": 0}}}, "'evaluate.protocol'", "steps must be >= 1"),
+    ({"evaluate": {"protocol": {"metrics": ["ssim", "fidd"]}}}, "'evaluate.protocol.metrics[1]'", "fidd"),
+    ({"evaluate": {"split": "test"}}, "'evaluate.split'", "val | train | all"),
+    ({"evaluate": {"bands": "yes"}}, "'evaluate.bands'", "true | false"),
+    ({"evaluate": {"protocl": {}}}, "'evaluate.protocl'", "unknown key"),
 ]  # fmt: skip
 
 
@@ -350,3 +357,21 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, data
     state = json.loads((out_dir / "sweep_state.json").read_text())
     assert state["sessions"] == 2 and sorted(state["jobs"]) == ["0-seed0", "1-seed0", "2-seed0"]
     assert all(job["outcome"] == "COMPLETE" for job in state["jobs"].values())
+
+
+def test_sweep_evaluates_trials_and_optimises_an_eval_metric(tmp_path, data_root):
+    """``evaluate:``: each trial's checkpoint goes through singer.evaluation after training; the
+    eval/... metrics land in the trial's MLflow run and can be the objective."""
+    path = tiny_sweep(tmp_path, data_root, "evaluated", objectives=[{"metric": "eval/psnr", "direction": "maximize"}],
+                      space={"trainer.lr": {"type": "choice", "values": [1.0e-3, 2.0e-3]}},
+                      evaluate={"protocol": {"num_clips": 2, "steps": 2, "batch_size": 2, "metrics": ["psnr", "ssim"]}})
+    assert main([str(path), "--out", str(tmp_path / "out"), "--no-progress", "--poll", "0.1"]) == 0
+
+    study = optuna.load_study(study_name="evaluated", storage=open_storage(f"journal:{tmp_path / 'out' / 'optuna.journal'}"))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"], [t.user_attrs for t in study.trials]
+    children = runs_of("evaluated")
+    children = children[children["tags.sweep.role"] != "parent"].sort_values("tags.trial")
+    assert [t.value for t in study.trials] == pytest.approx(list(children["metrics.eval/psnr"]))
+    assert (children["metrics.eval/ssim"] > -1).all() and children["tags.eval.protocol"].notna().all()
+    for trial_dir in sorted((tmp_path / "out" / "trials").iterdir()):
+        assert list(trial_dir.glob("eval/*/metrics.json")), list(trial_dir.rglob("*"))

@@ -2,8 +2,8 @@
 
 ``audio_stats`` applies the tool of :mod:`singer.data.audio_stats` to the driving audio of every
 clip (``EvalBatch.audio``, ``B×S`` mono at ``sample_rate``). It describes the *input* of the
-evaluation, not the generated video: it shows how singing-like the evaluated audio is (and, in
-the band ablation, what a band-stop did to it) next to the video metrics. Keys (``audio/…``):
+evaluation, not the generated video: it shows how singing-like the evaluated audio is next to the
+video metrics (the band ablation leaves it out: ``reads_video = False``). Keys (``audio/…``):
 
 - ``median_pitch_hz``, ``vibrato_energy``, ``loudness_range_db``, ``spectral_centroid_hz``,
   ``voiced_fraction``: the tool's per-clip statistics (definitions in its module docstring);
@@ -52,6 +52,7 @@ class AudioStats(Metric):
     """Singing-vs-talking audio statistics of the driving audio (pitch, vibrato, loudness), per clip."""
 
     name = "audio_stats"
+    reads_video = False
 
     def __init__(self, stats: list[str] | None = None):
         self.stats = tuple(stats) if stats is not None else ALL_STATS

@@ -41,6 +41,8 @@ class Metric:
     """
 
     name: str = ""
+    # False for metrics that describe only the driving audio (the band ablation skips them).
+    reads_video: bool = True
 
     def reset(self) -> None:
         raise NotImplementedError

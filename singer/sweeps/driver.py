@@ -115,6 +115,11 @@ def describe_plan(spec: SweepSpec, launcher: str | None = None, max_trials: int 
     lines.append("objectives: " + ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives)
                  + " (mean over seeds); pruner: " + json.dumps(spec.pruner))  # fmt: skip
     lines.append("base overrides: " + (" ".join(spec.overrides) or "(none)"))
+    if spec.evaluate:
+        extra = [k for k in ("bands", "probes") if spec.evaluate[k]]
+        lines.append(f"then each trial is evaluated on split {spec.evaluate['split']}"
+                     + (f" with {' and '.join(extra)}" if extra else "")
+                     + ": protocol " + (" ".join(spec.evaluate["protocol"]) or "(defaults)"))  # fmt: skip
     if spec.sampler != "grid":
         lines.append(f"sampler {spec.sampler} (seed {spec.sampler_seed}) over:")
         for p in spec.space:
@@ -366,6 +371,7 @@ class SweepDriver:
             report_metric=None if spec.multi_objective else spec.pruner.get("metric", "val/loss"),
             pruner=dict(spec.pruner), sampler={"type": spec.sampler, "seed": spec.sampler_seed},
             tracking_uri=self.state["tracking_uri"], experiment=spec.experiment, resume=resume,
+            evaluate=spec.evaluate,
         )  # fmt: skip
         self.executor.update_parameters(name=f"{spec.name}-t{number}-s{seed}")
         job = self.executor.submit(job_fn)

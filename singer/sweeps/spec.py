@@ -22,7 +22,7 @@ import yaml
 
 TOP_KEYS = (
     "name", "description", "overrides", "space", "variants", "sampler", "pruner", "objectives",
-    "seeds", "limits", "launcher", "timeout_min", "max_requeue", "mlflow",
+    "seeds", "limits", "launcher", "timeout_min", "max_requeue", "mlflow", "evaluate",
 )  # fmt: skip
 PARAM_TYPES = {
     "choice": ("type", "values"),
@@ -46,6 +46,8 @@ EVAL_PREFIX = "eval/"
 # What the trainer hands its reporter at every validation: the values pruning can look at.
 REPORTED_METRICS = ("val/loss", "val/mse", "train/loss")
 LIMIT_KEYS = ("trials", "parallel")
+EVALUATE_KEYS = ("protocol", "split", "bands", "probes")
+EVAL_SPLITS = ("val", "train", "all")
 MLFLOW_KEYS = ("experiment", "tracking_uri")
 # Keys the sweep sets itself for every job; a sweep file may not set them.
 RESERVED_KEYS = ("seed", "out_dir", "trainer.resume", "tracking")
@@ -194,6 +196,7 @@ class SweepSpec:
     max_requeue: int
     experiment: str
     tracking_uri: str | None
+    evaluate: dict | None = None  # {"protocol": [key=value ...], "split", "bands", "probes"}; None: no evaluation
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived ------------------------------------------------------------------------------
@@ -254,6 +257,7 @@ class SweepSpec:
             "objectives": [[o.metric, o.direction] for o in self.objectives],
             "seeds": list(self.seeds),
             "experiment": self.experiment,
+            "evaluate": self.evaluate,
         }
 
     def summary_params(self) -> dict[str, str]:
@@ -273,6 +277,7 @@ class SweepSpec:
             "sweep.overrides": json.dumps(list(self.overrides)),
             "sweep.space": json.dumps({p.key: p.as_dict() for p in self.space}),
             "sweep.variants": json.dumps({k: list(v) for k, v in self.variants.items()}),
+            "sweep.evaluate": json.dumps(self.evaluate),
         }
 
 
@@ -391,6 +396,40 @@ def _param(check: _Checker, key: str, value: Any) -> Param:
     if kind == "logfloat" and low <= 0:
         raise check.error(f"{where}.low", f"low={low} for a log scale", "low > 0")
     return Param(key, kind, low=float(low), high=float(high))
+
+
+def _evaluate(check: _Checker, value: Any) -> dict | None:
+    """The optional ``evaluate`` section: each trial's checkpoint is evaluated after training
+    (``singer.evaluation``), and its ``eval/...`` metrics may be objectives."""
+    if value is None:
+        return None
+    section = check.mapping("evaluate", value, EVALUATE_KEYS)
+    protocol_raw = section.get("protocol") or {}
+    protocol = check.mapping("evaluate.protocol", protocol_raw, list(protocol_raw))
+    overrides = [f"{k}={json.dumps(v)}" for k, v in protocol.items()]
+    from singer.evaluation import ProtocolError, load_protocol
+
+    from singer.registry import METRICS, UnknownNameError
+
+    try:
+        protocol_obj = load_protocol(overrides=overrides)
+        protocol_obj.validate()
+    except ProtocolError as err:
+        raise check.error("evaluate.protocol", str(err)) from None
+    for i, metric in enumerate(protocol_obj.metrics):
+        try:
+            METRICS.check(metric)
+        except UnknownNameError as err:
+            raise check.error(f"evaluate.protocol.metrics[{i}]", str(err)) from None
+    split = section.get("split", "val")
+    if split not in EVAL_SPLITS:
+        raise check.error("evaluate.split", f"got {split!r}", " | ".join(EVAL_SPLITS))
+    flags = {}
+    for key in ("bands", "probes"):
+        flags[key] = section.get(key, False)
+        if not isinstance(flags[key], bool):
+            raise check.error(f"evaluate.{key}", f"got {flags[key]!r}", "true | false")
+    return {"protocol": overrides, "split": split, **flags}
 
 
 def _metric(check: _Checker, key: str, value: Any, allowed: Sequence[str], eval_prefix: bool) -> str:
@@ -553,12 +592,19 @@ def parse_sweep(data: Any, path: Path | str = "<sweep>", *, compose_check: bool 
     if tracking_uri is not None:
         tracking_uri = check.string("mlflow.tracking_uri", tracking_uri)
 
+    evaluate = _evaluate(check, data.get("evaluate"))
+    needs_eval = [o.metric for o in objectives if o.metric.startswith(EVAL_PREFIX)]
+    if needs_eval and evaluate is None:
+        raise check.error("objectives", f"{', '.join(needs_eval)} come from the evaluator, but the sweep has "
+                          "no 'evaluate' section", "add evaluate: {protocol: {...}} or use a training "
+                          f"metric ({', '.join(OBJECTIVE_METRICS)})")  # fmt: skip
+
     spec = SweepSpec(
         path=path, name=name, description=description, overrides=overrides, space=space, variants=variants,
         sampler=sampler, sampler_seed=sampler_seed, tpe_startup_trials=startup, pruner=pruner,
         objectives=tuple(objectives), seeds=seeds, trials=trials, parallel=parallel, launcher=launcher,
         timeout_min=timeout_min, max_requeue=max_requeue, experiment=experiment, tracking_uri=tracking_uri,
-        raw=dict(data),
+        evaluate=evaluate, raw=dict(data),
     )  # fmt: skip
     if compose_check:
         _check_composes(check, spec)

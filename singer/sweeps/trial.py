@@ -126,6 +126,7 @@ class TrialJob(CheckpointableJob):
     tracking_uri: str
     experiment: str
     resume: bool = False
+    evaluate: dict | None = None  # SweepSpec.evaluate: evaluate the checkpoint after training
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Preempted or timed out: requeue this job so that it continues from its checkpoint."""
@@ -148,7 +149,8 @@ class TrialJob(CheckpointableJob):
             trial = self._attach_trial()
             trainer = Trainer(cfg, out_dir, reporter=self._reporter(trial), progress=False)
             result = trainer.fit()
-            values = self._objective_values(result)
+            evaluated = self._evaluate(out_dir, cfg)
+            values = self._objective_values(result, evaluated)
         except Exception as err:
             import optuna
 
@@ -204,8 +206,22 @@ class TrialJob(CheckpointableJob):
         return report
 
     # -- results --------------------------------------------------------------------------
-    def _objective_values(self, result) -> dict[str, float]:
+    def _evaluate(self, out_dir: Path, cfg) -> dict[str, float]:
+        """The sweep's evaluation of the trained checkpoint, logged into the trial's MLflow run."""
+        if not self.evaluate:
+            return {}
+        from singer.evaluation import evaluate_checkpoint, load_protocol
+
+        result = evaluate_checkpoint(
+            out_dir, protocol=load_protocol(overrides=self.evaluate["protocol"]), split=self.evaluate["split"],
+            bands=self.evaluate["bands"], probes=self.evaluate["probes"], log_mlflow=True, device=cfg.device,
+            progress=False,
+        )  # fmt: skip
+        return result.mlflow_metrics()
+
+    def _objective_values(self, result, evaluated: dict[str, float] | None = None) -> dict[str, float]:
         available: dict[str, float] = {k: float(v) for k, v in result.metrics.items() if v is not None}
+        available.update(evaluated or {})
         if result.val_loss is not None:
             available["val/loss"] = float(result.val_loss)
         if "final/val_mse" in available:
