@@ -255,3 +255,31 @@ class FrameTransformer(nn.Module):
 
         tokens = tokens + self.ff(self.ff_norm(tokens))
         return tokens.transpose(1, 2).reshape(bf, c, h, w)
+
+def check_condition_shapes(backbone: nn.Module, x_t, audio, ref, motion, region_masks) -> None:
+    """Shape checks of the conditions shared by every backbone (``x_t`` is ``B×C×F×H×W``).
+
+    ``backbone`` has ``audio_attention``, ``audio_dim``, ``reference``, ``motion_frames`` and
+    ``audio_regions``; a condition whose path is switched off is not checked (it is ignored).
+    """
+    b, c, f, h, w = x_t.shape
+    if audio is not None and backbone.audio_attention:
+        if audio.dim() != 4 or audio.shape[:2] != (b, f) or audio.shape[-1] != backbone.audio_dim:
+            raise ValueError(
+                f"audio must be B×F×N×D = {b}×{f}×N×{backbone.audio_dim}, got shape {tuple(audio.shape)}"
+            )
+    if ref is not None and backbone.reference:
+        if tuple(ref.shape) != (b, c, h, w):
+            raise ValueError(f"ref must be B×C×H×W = {b}×{c}×{h}×{w}, got shape {tuple(ref.shape)}")
+    if motion is not None and backbone.motion_frames > 0:
+        expected = (b, c, backbone.motion_frames, h, w)
+        if tuple(motion.shape) != expected:
+            raise ValueError(
+                f"motion must be B×C×M×H×W = {'×'.join(map(str, expected))}, got shape {tuple(motion.shape)}"
+            )
+    if region_masks is not None and backbone.audio_regions:
+        if region_masks.dim() != 5 or tuple(region_masks.shape[:3]) != (b, backbone.audio_regions, f):
+            raise ValueError(
+                f"region_masks must be B×R×F×H×W = {b}×{backbone.audio_regions}×{f}×H×W, "
+                f"got shape {tuple(region_masks.shape)}"
+            )

@@ -52,6 +52,7 @@ from singer.backbones.blocks import (
     FrameTransformer,
     ResBlock2d,
     TimestepEmbedding,
+    check_condition_shapes,
     Upsample2d,
     norm2d,
 )
@@ -203,7 +204,7 @@ class UNet3D(nn.Module):
     def _check_inputs(self, x_t, audio, ref, motion, region_masks=None) -> None:
         if x_t.dim() != 5:
             raise ValueError(f"x_t must be B×C×F×H×W, got shape {tuple(x_t.shape)}")
-        b, c, f, h, w = x_t.shape
+        _, c, _, h, w = x_t.shape
         if c != self.in_channels:
             raise ValueError(f"x_t has {c} channels but the backbone was built with in_channels={self.in_channels}")
         if h % self.size_multiple or w % self.size_multiple:
@@ -211,26 +212,7 @@ class UNet3D(nn.Module):
                 f"frame size {h}×{w} must be divisible by {self.size_multiple} "
                 f"(2 ** (len(channels) - 1) with channels={self.channels})"
             )
-        if audio is not None and self.audio_attention:
-            if audio.dim() != 4 or audio.shape[:2] != (b, f) or audio.shape[-1] != self.audio_dim:
-                raise ValueError(
-                    f"audio must be B×F×N×D = {b}×{f}×N×{self.audio_dim}, got shape {tuple(audio.shape)}"
-                )
-        if ref is not None and self.reference:
-            if tuple(ref.shape) != (b, c, h, w):
-                raise ValueError(f"ref must be B×C×H×W = {b}×{c}×{h}×{w}, got shape {tuple(ref.shape)}")
-        if motion is not None and self.motion_frames > 0:
-            expected = (b, c, self.motion_frames, h, w)
-            if tuple(motion.shape) != expected:
-                raise ValueError(
-                    f"motion must be B×C×M×H×W = {'×'.join(map(str, expected))}, got shape {tuple(motion.shape)}"
-                )
-        if region_masks is not None and self.audio_regions:
-            if region_masks.dim() != 5 or tuple(region_masks.shape[:3]) != (b, self.audio_regions, f):
-                raise ValueError(
-                    f"region_masks must be B×R×F×H×W = {b}×{self.audio_regions}×{f}×H×W, "
-                    f"got shape {tuple(region_masks.shape)}"
-                )
+        check_condition_shapes(self, x_t, audio, ref, motion, region_masks)
 
     # -- forward ------------------------------------------------------------------------
     def forward(
