@@ -40,6 +40,14 @@ class Codec(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:  # B×C×F×h×w → B×3×F×H×W
         raise NotImplementedError
 
+    def encode_frames(self, frames: torch.Tensor | None) -> torch.Tensor | None:
+        """Conditioning frames B×3×M×H×W (or one frame, B×3×H×W) → latents of the same layout."""
+        if frames is None:
+            return None
+        if frames.dim() == 4:
+            return self.encode(frames.unsqueeze(2)).squeeze(2)
+        return self.encode(frames)
+
 
 @CODECS.register("identity")
 class IdentityCodec(Codec):
@@ -389,12 +397,12 @@ class SDVAECodec(FrozenCodec):
     def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         self._check_size(video)
 
-        def encode_frames(frames: torch.Tensor) -> torch.Tensor:
+        def encode_chunk(frames: torch.Tensor) -> torch.Tensor:
             posterior = self.vae.encode(frames).latent_dist
             z = posterior.sample(generator) if self.sample_posterior else posterior.mean
             return (z - self.shift_factor) * self.scaling_factor
 
-        return map_frames(encode_frames, video, self.chunk)
+        return map_frames(encode_chunk, video, self.chunk)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         def decode_frames(z: torch.Tensor) -> torch.Tensor:

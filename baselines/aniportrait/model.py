@@ -130,13 +130,6 @@ class AniPortrait(nn.Module):
         return target, valid
 
     # -- stage 2 -------------------------------------------------------------------------
-    def _encode_frames(self, frames: torch.Tensor | None) -> torch.Tensor | None:
-        if frames is None:
-            return None
-        if frames.dim() == 4:
-            return self.codec.encode(frames.unsqueeze(2)).squeeze(2)
-        return self.codec.encode(frames)
-
     def _with_zero_motion(self, x: torch.Tensor | None) -> torch.Tensor | None:
         if x is None:
             return None
@@ -146,7 +139,7 @@ class AniPortrait(nn.Module):
     def _context(self, motion: torch.Tensor | None) -> torch.Tensor | None:
         if self.motion_frames == 0 or motion is None:
             return None
-        return self._with_zero_motion(self._encode_frames(motion[:, :, -self.motion_frames :]))
+        return self._with_zero_motion(self.codec.encode_frames(motion[:, :, -self.motion_frames :]))
 
     def _motion_image(self, motion: torch.Tensor, latent_shape) -> torch.Tensor:
         return render_motion(motion, latent_shape[-2], latent_shape[-1])
@@ -160,7 +153,7 @@ class AniPortrait(nn.Module):
         video = batch["video"]
         x0 = self.codec.encode(video)
         pose = self._motion_image(motion, x0.shape)
-        ref = self._with_zero_motion(self._encode_frames(batch["ref"]))
+        ref = self._with_zero_motion(self.codec.encode_frames(batch["ref"]))
         context = self._context(batch.get("motion"))
         b = video.shape[0]
         pose_keep = ~drop_conditions(b, self.pose_dropout, generator).to(video.device)
@@ -211,7 +204,7 @@ class AniPortrait(nn.Module):
             motion = conditions.extras.get("motion_params")
         if motion is None:
             motion = self.predict_motion(audio, num_frames)
-        ref_latent = self._encode_frames(conditions.ref)
+        ref_latent = self.codec.encode_frames(conditions.ref)
         ref = self._with_zero_motion(ref_latent)
         context = self._context(conditions.motion)
         b = audio.shape[0]

@@ -101,7 +101,7 @@ class HalloDiffusion(AudioDrivenDiffusion):
             if not any(self.loss_weights):
                 return super().training_loss(batch, generator)
             x0 = self.codec.encode(video)
-            ref = self._encode_frames(batch["ref"])
+            ref = self.codec.encode_frames(batch["ref"])
             motion = self._motion(batch.get("motion"))
             audio_keep = ~drop_conditions(b, self.audio_dropout, generator).to(video.device)
             ref_keep = ~drop_conditions(b, self.ref_dropout, generator).to(video.device)

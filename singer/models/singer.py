@@ -52,18 +52,10 @@ class AudioDrivenDiffusion(nn.Module):
         self.motion_frames = motion_frames
 
     # -- conditioning -------------------------------------------------------------------
-    def _encode_frames(self, frames: torch.Tensor | None) -> torch.Tensor | None:
-        """B×3×M×H×W (or B×3×H×W) pixels → latents of the same layout."""
-        if frames is None:
-            return None
-        if frames.dim() == 4:
-            return self.codec.encode(frames.unsqueeze(2)).squeeze(2)
-        return self.codec.encode(frames)
-
     def _motion(self, motion: torch.Tensor | None) -> torch.Tensor | None:
         if self.motion_frames == 0 or motion is None:
             return None
-        return self._encode_frames(motion[:, :, -self.motion_frames :])
+        return self.codec.encode_frames(motion[:, :, -self.motion_frames :])
 
     def _denoise(
         self,
@@ -86,7 +78,7 @@ class AudioDrivenDiffusion(nn.Module):
         """One diffusion training loss on a batch (layout in docs/architecture.md)."""
         video = batch["video"]
         x0 = self.codec.encode(video)
-        ref = self._encode_frames(batch["ref"])
+        ref = self.codec.encode_frames(batch["ref"])
         motion = self._motion(batch.get("motion"))
         audio = batch["audio"]
         batch_size = video.shape[0]
@@ -112,7 +104,7 @@ class AudioDrivenDiffusion(nn.Module):
         """DDIM sampling with classifier-free guidance → video B×3×F×H×W in [-1, 1]."""
         audio, num_frames = conditions.audio, conditions.num_frames
         device = audio.device
-        ref = self._encode_frames(conditions.ref)
+        ref = self.codec.encode_frames(conditions.ref)
         motion = self._motion(conditions.motion)
         batch_size = audio.shape[0]
         keep = torch.ones(batch_size, dtype=torch.bool, device=device)
