@@ -279,15 +279,18 @@ def make_executor(
     cpus_per_task: int | None = None,
     array_parallelism: int | None = None,
     max_requeue: int | None = None,
+    tasks_per_node: int | None = None,
 ) -> submitit.Executor:
     """A submitit executor for ``launcher`` writing its job files under ``folder``.
 
     ``timeout_min`` is each job's time limit (always set: submitit's own defaults are a few
     minutes). For ``slurm:<profile>`` it may not exceed the profile's ``time_min``;
-    ``cpus_per_task``, ``array_parallelism`` and ``max_requeue`` override the profile's.
-    ``local`` honours only ``timeout_min``, ``name`` and ``max_requeue``; ``debug`` runs
-    in-process and ignores limits. Use a fresh ``folder`` per sweep: SLURM job ids restart
-    when a cluster is rebuilt, and a reused folder would then return stale results.
+    ``cpus_per_task``, ``array_parallelism``, ``max_requeue`` and ``tasks_per_node`` override
+    the profile's. ``local`` honours only ``timeout_min``, ``name``, ``max_requeue`` and
+    ``tasks_per_node`` (N processes per job on this machine, e.g. N CPU ranks for DDP);
+    ``debug`` runs in-process, one task, and ignores limits. Use a fresh ``folder`` per sweep:
+    SLURM job ids restart when a cluster is rebuilt, and a reused folder would then return
+    stale results.
     """
     kind, profile_name = parse_launcher(launcher)
     if not _is_int_at_least(timeout_min, 1):
@@ -296,6 +299,7 @@ def make_executor(
         ("cpus_per_task", cpus_per_task, 1),
         ("array_parallelism", array_parallelism, 1),
         ("max_requeue", max_requeue, 0),
+        ("tasks_per_node", tasks_per_node, 1),
     ):
         if value is not None and not _is_int_at_least(value, low):
             raise LaunchError(f"{key} must be an integer >= {low} or None; got {value!r}")
@@ -309,7 +313,7 @@ def make_executor(
     if kind == "local":
         extra = {} if max_requeue is None else {"local_max_num_timeout": max_requeue}
         executor = submitit.AutoExecutor(folder, cluster="local", **extra)
-        executor.update_parameters(timeout_min=timeout_min, name=name)
+        executor.update_parameters(timeout_min=timeout_min, name=name, tasks_per_node=tasks_per_node or 1)
         return executor
 
     profile = load_profile(profile_name)
@@ -338,7 +342,7 @@ def make_executor(
         "timeout_min": timeout_min,
         "name": name,
         "nodes": profile.nodes,
-        "tasks_per_node": profile.tasks_per_node,
+        "tasks_per_node": tasks_per_node or profile.tasks_per_node,
         "cpus_per_task": cpus_per_task or profile.cpus_per_task,
         "mem_gb": profile.mem_gb,
         "slurm_partition": profile.partition,
@@ -380,6 +384,61 @@ class CheckpointableJob:
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+# -- distributed training in submitit jobs ------------------------------------------------------
+def export_torch_distributed_env() -> bool:
+    """Inside a submitit job with several tasks, export the ``env://`` variables of
+    ``torch.distributed`` (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``) from submitit's job environment; returns whether it did.
+
+    Outside a submitit job, in a one-task job, or when ``RANK`` and ``WORLD_SIZE`` are already
+    set (torchrun inside a one-task job), nothing is changed. ``CUDA_VISIBLE_DEVICES`` is left
+    alone: each rank picks ``cuda:<local rank>`` itself (:mod:`singer.distributed`). The master
+    port is derived from the job id unless ``MASTER_PORT`` is set (e.g. in a profile's setup lines).
+    """
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return False
+    try:
+        job_env = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job
+        return False
+    if job_env.num_tasks <= 1:
+        return False
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return True
+
+
+@dataclasses.dataclass
+class TrainJob(CheckpointableJob):
+    """``python -m singer.train <overrides> out_dir=<out_dir>`` as a submitit job.
+
+    With several tasks per job (``tasks_per_node`` in the profile, e.g. ``slurm:gpu8_ddp``, or
+    ``make_executor("local", ..., tasks_per_node=2)`` for CPU ranks), every task runs this and
+    the trainer joins them into one DistributedDataParallel run. On preemption or at the time
+    limit the job requeues itself with ``trainer.resume=true`` and continues from its last
+    checkpoint. Returns the result summary (``result.json``) on rank 0 and ``None`` elsewhere.
+    """
+
+    overrides: list[str]
+    out_dir: str
+    resume: bool = False
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(dataclasses.replace(self, resume=True), *args, **kwargs)
+
+    def __call__(self) -> dict | None:
+        import json
+
+        from singer.config import compose
+        from singer.trainer import Trainer
+
+        cfg = compose([*self.overrides, *(["trainer.resume=true"] if self.resume else [])])
+        trainer = Trainer(cfg, self.out_dir, progress=False)
+        trainer.fit()
+        if not trainer.dist_env.is_main:
+            return None
+        return json.loads((trainer.out_dir / "result.json").read_text())
 
 
 STATES = ("queued", "running", "done", "failed")

@@ -45,6 +45,8 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     out_dir = cfg.out_dir or HydraConfig.get().runtime.output_dir
     result = train(cfg, out_dir)
+    if result.rank != 0:  # one summary per DDP run
+        return result.val_loss
     print(
         f"done: {result.step} steps, loss {result.first_loss:.4f} → {result.final_loss:.4f}"
         + (f", val {result.val_loss:.4f}" if result.val_loss is not None else "")
