@@ -20,7 +20,7 @@ from baselines.aniportrait.motion import (
 from singer.backbones.blocks import sinusoidal_embedding
 from singer.diffusion import GaussianDiffusion, cfg_combine, drop_conditions
 from singer.models.singer import _kwargs
-from singer.models.spec import Conditions
+from singer.models.spec import Conditions, component_init
 from singer.registry import BACKBONES, CODECS, FRONTENDS
 
 STAGES = ("both", "audio2motion", "motion2video")
@@ -252,16 +252,20 @@ def load_stage(model: AniPortrait, path: str, prefixes: tuple[str, ...], key: st
 
 def build_aniportrait(cfg) -> AniPortrait:
     """Build from a composed config (groups frontend, backbone, codec, model, data)."""
-    mc = cfg.model
-    codec = CODECS.build(cfg.codec.name, **_kwargs(cfg.codec))
-    frontend = FRONTENDS.build(cfg.frontend.name, sample_rate=cfg.data.sample_rate, fps=cfg.data.fps,
-                               cond_channels=codec.latent_channels, **_kwargs(cfg.frontend))  # fmt: skip
+    mc, seed = cfg.model, cfg.get("seed", 0)
+    with component_init(seed, "codec"):
+        codec = CODECS.build(cfg.codec.name, **_kwargs(cfg.codec))
+    with component_init(seed, "frontend"):
+        frontend = FRONTENDS.build(cfg.frontend.name, sample_rate=cfg.data.sample_rate, fps=cfg.data.fps,
+                                   cond_channels=codec.latent_channels, **_kwargs(cfg.frontend))  # fmt: skip
     a2m = mc.audio2motion
-    audio2motion = Audio2Motion(frontend, width=int(a2m.width), layers=int(a2m.layers), heads=int(a2m.heads))
+    with component_init(seed, "audio2motion"):
+        audio2motion = Audio2Motion(frontend, width=int(a2m.width), layers=int(a2m.layers), heads=int(a2m.heads))
     backbone_kwargs = _kwargs(cfg.backbone)
     backbone_kwargs.update(audio_attention=False, out_channels=codec.latent_channels)
-    backbone = BACKBONES.build(cfg.backbone.name, in_channels=codec.latent_channels + MOTION_CHANNELS,
-                               audio_dim=frontend.dim, motion_frames=mc.motion_frames, **backbone_kwargs)  # fmt: skip
+    with component_init(seed, "backbone"):
+        backbone = BACKBONES.build(cfg.backbone.name, in_channels=codec.latent_channels + MOTION_CHANNELS,
+                                   audio_dim=frontend.dim, motion_frames=mc.motion_frames, **backbone_kwargs)  # fmt: skip
     model = AniPortrait(
         audio2motion, backbone, codec, GaussianDiffusion(**_kwargs(mc.diffusion)), stage=str(mc.stage),
         motion_loss_weight=float(mc.motion_loss_weight), pose_dropout=float(mc.pose_dropout),

@@ -18,6 +18,7 @@ from torch import nn
 from singer.wavelets import SpectralFilter2d
 
 BOTTLENECK_FILTERS = ("sfm", "none")
+SFM_STREAM = 0x5F3_5F3  # XOR-ed into the seed of the SFM's own random stream
 
 
 class SpectralBottleneck(nn.Module):
@@ -41,7 +42,12 @@ def build_bottleneck_filter(name: str, channels: int, levels: int = 1, wavelet: 
         wavelet: wavelet name of the SFM (``haar``, ``db2``, ``sym4``, ...).
     """
     if name == "sfm":
-        return SpectralBottleneck(channels, levels=levels, wavelet=wavelet)
+        # Drawn from a stream of its own (derived from the one the backbone is built from), so
+        # switching the filter off in an ablation leaves every other layer's initial weights as
+        # they were.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() ^ SFM_STREAM)
+            return SpectralBottleneck(channels, levels=levels, wavelet=wavelet)
     if name == "none":
         return nn.Identity()
     raise ValueError(f"unknown bottleneck_filter '{name}'; choose one of: {', '.join(BOTTLENECK_FILTERS)}")

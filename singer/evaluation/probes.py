@@ -278,8 +278,10 @@ def build_frontend_at_init(name: str, *, sample_rate: int, fps: float, seed: int
     if overrides:  # key=value relative to the front-end's config, e.g. random_init=true
         kwargs.update(OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))))
     kwargs.pop("name", None)
-    torch.manual_seed(seed)
-    return FRONTENDS.build(name, sample_rate=sample_rate, fps=fps, **kwargs)
+    from singer.models.spec import component_init
+
+    with component_init(seed, "frontend"):  # the stream a training run of this seed builds its front-end from
+        return FRONTENDS.build(name, sample_rate=sample_rate, fps=fps, **kwargs)
 
 
 def probe_frontends(

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from singer.diffusion import GaussianDiffusion, cfg_combine, drop_conditions
-from singer.models.spec import Conditions, ModelSpec, register_model_spec
+from singer.models.spec import Conditions, ModelSpec, component_init, register_model_spec
 from singer.registry import BACKBONES, CODECS, FRONTENDS
 
 
@@ -137,22 +137,25 @@ def _kwargs(section) -> dict:
 
 def build_audio_driven_diffusion(cfg) -> AudioDrivenDiffusion:
     """Build the model from a composed config (groups: frontend, backbone, codec, model, data)."""
-    model_cfg = cfg.model
-    codec = CODECS.build(cfg.codec.name, **_kwargs(cfg.codec))
-    frontend = FRONTENDS.build(
-        cfg.frontend.name,
-        sample_rate=cfg.data.sample_rate,
-        fps=cfg.data.fps,
-        cond_channels=codec.latent_channels,
-        **_kwargs(cfg.frontend),
-    )
-    backbone = BACKBONES.build(
-        cfg.backbone.name,
-        in_channels=codec.latent_channels,
-        audio_dim=frontend.dim,
-        motion_frames=model_cfg.motion_frames,
-        **_kwargs(cfg.backbone),
-    )
+    model_cfg, seed = cfg.model, cfg.get("seed", 0)
+    with component_init(seed, "codec"):
+        codec = CODECS.build(cfg.codec.name, **_kwargs(cfg.codec))
+    with component_init(seed, "frontend"):
+        frontend = FRONTENDS.build(
+            cfg.frontend.name,
+            sample_rate=cfg.data.sample_rate,
+            fps=cfg.data.fps,
+            cond_channels=codec.latent_channels,
+            **_kwargs(cfg.frontend),
+        )
+    with component_init(seed, "backbone"):
+        backbone = BACKBONES.build(
+            cfg.backbone.name,
+            in_channels=codec.latent_channels,
+            audio_dim=frontend.dim,
+            motion_frames=model_cfg.motion_frames,
+            **_kwargs(cfg.backbone),
+        )
     diffusion = GaussianDiffusion(**_kwargs(model_cfg.diffusion))
     return AudioDrivenDiffusion(
         frontend,

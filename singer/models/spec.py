@@ -7,7 +7,9 @@ train spec and timm's ``register_model``). A baseline is one folder plus one
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,3 +81,20 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@contextmanager
+def component_init(seed: int, component: str) -> Iterator[None]:
+    """Initialise one component (``frontend``, ``backbone``, ...) from its own random stream,
+    a function of (``seed``, ``component``) only; the caller's RNG state is left as it was.
+
+    Why: drawn from one shared stream, the parameters a front-end creates would shift the
+    stream the backbone is initialised from, so an ablation of ``frontend.levels`` (or of the
+    front-end itself) would also re-draw the backbone's initial weights, and its arms would
+    differ by initialisation noise as well as by the change under test. With a stream per
+    component, runs of the same seed share every component the ablation does not touch.
+    Build modules on the CPU inside it (only the CPU generator is seeded).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((int(seed) * 1_000_003 + zlib.crc32(component.encode())) % 2**63)
+        yield
