@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from backbone_helpers import N_TOKENS, inputs, perturb
 from singer.backbones.dit import TokenLayout, VideoDiT
 from singer.config import compose
 from singer.data.synth import CUES
@@ -14,32 +15,11 @@ from singer.registry import BACKBONES, MODELS
 
 # A tiny configuration so every unit test runs in well under a second on CPU.
 TINY = dict(hidden_size=32, depth=3, num_heads=2, patch_size=4, audio_dim=12, mlp_ratio=2.0)
-N_TOKENS = 5
 
 
 def make(seed: int = 0, **overrides) -> VideoDiT:
     torch.manual_seed(seed)
     return VideoDiT(**{**TINY, **overrides}).eval()
-
-
-def inputs(b=2, f=4, size=32, m=2, seed=1, c=3, audio_dim=12):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, c, f, size, size, generator=g)
-    t = torch.randint(0, 1000, (b,), generator=g)
-    audio = torch.randn(b, f, N_TOKENS, audio_dim, generator=g)
-    ref = torch.randn(b, c, size, size, generator=g)
-    motion = torch.randn(b, c, m, size, size, generator=g) if m else None
-    return x, t, audio, ref, motion
-
-
-def perturb(model: torch.nn.Module, std: float = 0.1, seed: int = 123, skip=lambda name: False) -> None:
-    """Move every weight off its init (zero-initialised ones included), except the skipped names."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * std
-            if not skip(name):
-                p.add_(noise)
 
 
 def is_block_modulation(name: str) -> bool:

@@ -3,36 +3,18 @@
 import pytest
 import torch
 
+from backbone_helpers import inputs, perturb
 from singer.backbones import UNet3D, build_bottleneck_filter
 from singer.backbones.blocks import FrameTransformer
 from singer.registry import BACKBONES
 
 # A tiny configuration so every test runs in well under a second on CPU.
 TINY = dict(channels=(8, 16, 32), audio_dim=12, attention_heads=2)
-N_TOKENS = 5
 
 
 def make(seed: int = 0, **overrides) -> UNet3D:
     torch.manual_seed(seed)
     return UNet3D(**{**TINY, **overrides}).eval()
-
-
-def inputs(b=2, f=4, size=32, m=2, seed=1, c=3, audio_dim=12):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, c, f, size, size, generator=g)
-    t = torch.randint(0, 1000, (b,), generator=g)
-    audio = torch.randn(b, f, N_TOKENS, audio_dim, generator=g)
-    ref = torch.randn(b, c, size, size, generator=g)
-    motion = torch.randn(b, c, m, size, size, generator=g) if m else None
-    return x, t, audio, ref, motion
-
-
-def perturb(model: torch.nn.Module, std: float = 0.1, seed: int = 123) -> None:
-    """Move every weight off its init (zero-initialised projections included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
 
 
 def test_registered_and_default_build():
