@@ -35,9 +35,23 @@ PROBE_COLUMNS = ("frontend", "band", "lo_hz", "hi_hz", "cue", "r2", "ci_lo", "ci
 
 # Short columns added to every run frame; the plots group and label by these.
 ID_COLUMNS = (
-    "run_id", "run_name", "status", "experiment_id", "sweep", "trial", "seed", "variant", "config", "model",
-    "frontend", "backbone", "bottleneck_filter", "levels", "wavelet", "data_kind",
-)  # fmt: skip
+    "run_id",
+    "run_name",
+    "status",
+    "experiment_id",
+    "sweep",
+    "trial",
+    "seed",
+    "variant",
+    "config",
+    "model",
+    "frontend",
+    "backbone",
+    "bottleneck_filter",
+    "levels",
+    "wavelet",
+    "data_kind",
+)
 CI_SUFFIXES = ("_ci_lo", "_ci_hi")
 SEARCH_VARIANT = "search"  # the sweep driver's variant tag for trials of the search space
 # Metrics of the sweep parent run (counts, the best trial), not of a model.
@@ -52,7 +66,9 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str = "fr
     """Raise :class:`AnalysisError` naming every missing column and the ones that exist."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise AnalysisError(f"{what} lacks column(s) {missing}; it has: {', '.join(map(str, frame.columns))}")
+        raise AnalysisError(
+            f"{what} lacks column(s) {missing}; it has: {', '.join(map(str, frame.columns))}"
+        )
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -62,11 +78,17 @@ def _client(uri: str | None):
     return tracking.client(uri)
 
 
-def _search(experiment_ids: list[str], filter_string: str, max_results: int = 100_000) -> pd.DataFrame:
+def _search(
+    experiment_ids: list[str], filter_string: str, max_results: int = 100_000
+) -> pd.DataFrame:
     import mlflow
 
-    frame = mlflow.search_runs(experiment_ids=experiment_ids, filter_string=filter_string, max_results=max_results,
-                               output_format="pandas")  # fmt: skip
+    frame = mlflow.search_runs(
+        experiment_ids=experiment_ids,
+        filter_string=filter_string,
+        max_results=max_results,
+        output_format="pandas",
+    )
     return frame if isinstance(frame, pd.DataFrame) else pd.DataFrame()
 
 
@@ -100,7 +122,9 @@ def load_runs(
             experiment, sweep = None, experiment
         elif found is None:
             known = sorted(e.name for e in client.search_experiments())
-            raise AnalysisError(f"no MLflow experiment (or sweep) {experiment!r} in {where}; experiments there: {known}")
+            raise AnalysisError(
+                f"no MLflow experiment (or sweep) {experiment!r} in {where}; experiments there: {known}"
+            )
     if experiment:
         experiment_ids = [found.experiment_id]
     else:
@@ -109,16 +133,28 @@ def load_runs(
     if sweep:
         clauses.append(f"tags.sweep = '{sweep}'")
     frame = _search(experiment_ids, " and ".join(clauses))
-    described = " ".join(filter(None, [f"experiment {experiment!r}" if experiment else "",
-                                       f"sweep {sweep!r}" if sweep else ""]))  # fmt: skip
+    described = " ".join(
+        filter(
+            None,
+            [
+                f"experiment {experiment!r}" if experiment else "",
+                f"sweep {sweep!r}" if sweep else "",
+            ],
+        )
+    )
     if frame.empty:
-        raise AnalysisError(f"no runs for {described} in {where}" + (f" matching {filter_string!r}" if filter_string else ""))
+        raise AnalysisError(
+            f"no runs for {described} in {where}"
+            + (f" matching {filter_string!r}" if filter_string else "")
+        )
     if not include_parents and "tags.sweep.role" in frame.columns:
         frame = frame[frame["tags.sweep.role"].fillna("") != "parent"]
     if statuses is not None:
         frame = frame[frame["status"].isin(list(statuses))]
     if frame.empty:
-        raise AnalysisError(f"no {'/'.join(statuses or [])} training runs for {described} in {where}")
+        raise AnalysisError(
+            f"no {'/'.join(statuses or [])} training runs for {described} in {where}"
+        )
     return add_id_columns(frame.reset_index(drop=True))
 
 
@@ -191,15 +227,22 @@ def add_id_columns(frame: pd.DataFrame) -> pd.DataFrame:
     ids["experiment_id"] = _column(frame, "experiment_id")
     ids["sweep"] = _column(frame, "tags.sweep")
     ids["trial"] = pd.to_numeric(_column(frame, "tags.trial"), errors="coerce").astype("Int64")
-    ids["seed"] = pd.to_numeric(_column(frame, "tags.seed", "params.seed"), errors="coerce").astype("Int64")
+    ids["seed"] = pd.to_numeric(_column(frame, "tags.seed", "params.seed"), errors="coerce").astype(
+        "Int64"
+    )
     ids["variant"] = _column(frame, "tags.variant").fillna("")
     ids["model"] = _column(frame, "tags.model", "params.model.name")
     ids["frontend"] = _column(frame, "tags.frontend", "params.frontend.name")
     ids["backbone"] = _column(frame, "tags.backbone", "params.backbone.name")
-    ids["bottleneck_filter"] = _column(frame, "tags.bottleneck_filter", "params.backbone.bottleneck_filter")
+    ids["bottleneck_filter"] = _column(
+        frame, "tags.bottleneck_filter", "params.backbone.bottleneck_filter"
+    )
     ids["levels"] = pd.to_numeric(_column(frame, "params.frontend.levels"), errors="coerce")
     ids["wavelet"] = _column(frame, "params.frontend.wavelet")
-    kinds, synth, name = (_column(frame, c) for c in ("params.data.kinds", "params.data.synth.kind", "params.data.name"))
+    kinds, synth, name = (
+        _column(frame, c)
+        for c in ("params.data.kinds", "params.data.synth.kind", "params.data.name")
+    )
     ids["data_kind"] = [_data_kind(k, s, n) for k, s, n in zip(kinds, synth, name)]
     ids["config"] = ids.apply(_config_label, axis=1)
     rest = frame.drop(columns=[c for c in ID_COLUMNS if c in frame.columns])
@@ -214,15 +257,21 @@ def metric_names(runs: pd.DataFrame, prefix: str = "") -> list[str]:
     for column in runs.columns:
         if not column.startswith("metrics."):
             continue
-        name = column[len("metrics."):]
-        if name.endswith(CI_SUFFIXES) or name.startswith(PARENT_METRIC_PREFIXES) or not name.startswith(prefix):
+        name = column[len("metrics.") :]
+        if (
+            name.endswith(CI_SUFFIXES)
+            or name.startswith(PARENT_METRIC_PREFIXES)
+            or not name.startswith(prefix)
+        ):
             continue
         if pd.to_numeric(runs[column], errors="coerce").notna().any():
             names.append(name)
     return sorted(names)
 
 
-def pick_metrics(runs: pd.DataFrame, fallback: Sequence[str] = ("final/val_mse", "val/mse", "val/loss")) -> list[str]:
+def pick_metrics(
+    runs: pd.DataFrame, fallback: Sequence[str] = ("final/val_mse", "val/mse", "val/loss")
+) -> list[str]:
     """The evaluator's ``eval/*`` metrics when any run has them, else the first of ``fallback``
     present (training-time validation error)."""
     evaluated = metric_names(runs, "eval/")
@@ -232,10 +281,14 @@ def pick_metrics(runs: pd.DataFrame, fallback: Sequence[str] = ("final/val_mse",
     for name in fallback:
         if name in present:
             return [name]
-    raise AnalysisError(f"runs have no eval/* metric and none of {list(fallback)}; metrics present: {sorted(present)}")
+    raise AnalysisError(
+        f"runs have no eval/* metric and none of {list(fallback)}; metrics present: {sorted(present)}"
+    )
 
 
-def headline_metrics(runs: pd.DataFrame, validation: Sequence[str] = ("final/val_mse", "final/val_loss")) -> list[str]:
+def headline_metrics(
+    runs: pd.DataFrame, validation: Sequence[str] = ("final/val_mse", "final/val_loss")
+) -> list[str]:
     """What a comparison shows by default: the evaluator's ``eval/*`` metrics plus the final
     validation error(s) present; every model metric when a run has none of those."""
     present = metric_names(runs)
@@ -259,7 +312,9 @@ def metrics_long(
         part["value"] = pd.to_numeric(runs[f"metrics.{metric}"], errors="coerce")
         for suffix in CI_SUFFIXES:
             column = f"metrics.{metric}{suffix}"
-            part[f"run{suffix}"] = pd.to_numeric(runs[column], errors="coerce") if column in runs else math.nan
+            part[f"run{suffix}"] = (
+                pd.to_numeric(runs[column], errors="coerce") if column in runs else math.nan
+            )
         parts.append(part[part["value"].notna()])
     columns = [*keep, "metric", "value", "run_ci_lo", "run_ci_hi"]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
@@ -360,7 +415,9 @@ def load_probe_tables(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFram
     become ``<name> (trained)``; front-ends probed at their init (``<name>@init``) keep their name.
     """
     table = load_table(runs, PROBE_TABLE, columns=PROBE_COLUMNS, uri=uri)
-    table["series"] = [probe_series(f) for f in table["frontend"]] if not table.empty else pd.Series(dtype=object)
+    table["series"] = (
+        [probe_series(f) for f in table["frontend"]] if not table.empty else pd.Series(dtype=object)
+    )
     return table
 
 
@@ -377,5 +434,7 @@ def missing_note(table: pd.DataFrame) -> str:
         return ""
     artifact = table.attrs.get("artifact", "the table")
     total = table.attrs.get("runs", len(missing))
-    return (f"{len(missing)} of {total} runs have no {artifact}; evaluate them with "
-            "python -m singer.evaluate --bands --probes RUN_DIR")  # fmt: skip
+    return (
+        f"{len(missing)} of {total} runs have no {artifact}; evaluate them with "
+        "python -m singer.evaluate --bands --probes RUN_DIR"
+    )

@@ -40,8 +40,15 @@ def aggregate(
         key = key if isinstance(key, tuple) else (key,)
         values = pd.to_numeric(group[value], errors="coerce").to_numpy(dtype=np.float64)
         estimate, lo, hi = bootstrap_ci(values, n=n_boot, alpha=alpha, seed=seed)
-        rows.append({**dict(zip(by, key)), "mean": estimate, "ci_lo": lo, "ci_hi": hi,
-                     "n": int(np.isfinite(values).sum())})  # fmt: skip
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "mean": estimate,
+                "ci_lo": lo,
+                "ci_hi": hi,
+                "n": int(np.isfinite(values).sum()),
+            }
+        )
     return pd.DataFrame(rows, columns=[*by, *AGG_COLUMNS])
 
 

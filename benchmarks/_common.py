@@ -30,11 +30,17 @@ import torch  # noqa: E402
 
 # -- arguments ------------------------------------------------------------------------------------
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--json", type=Path, default=None, help="also write the JSON result to this file")
+    p.add_argument(
+        "--json", type=Path, default=None, help="also write the JSON result to this file"
+    )
     p.add_argument("--warmup", type=int, default=2, help="untimed runs of each candidate first")
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds (each candidate once per round)")
+    p.add_argument(
+        "--repeats", type=int, default=7, help="timed rounds (each candidate once per round)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -69,10 +75,19 @@ def cpu_model() -> str:
 
 def commit() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return out + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -81,7 +96,9 @@ def commit() -> str:
 def machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": cpu_model(),
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -100,8 +117,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(candidates: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int,
-                device: torch.device) -> dict[str, list[float]]:  # fmt: skip
+def interleaved(
+    candidates: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
     """Seconds per call of every candidate, timed round-robin with the order rotated each round."""
     names = list(candidates)
     for _ in range(warmup):
@@ -126,7 +144,9 @@ def median(values: Sequence[float]) -> float:
 
 def spread(values: Sequence[float]) -> float:
     """Relative spread (max − min) / median: how noisy the machine was for this candidate."""
-    return float((max(values) - min(values)) / statistics.median(values)) if values else float("nan")
+    return (
+        float((max(values) - min(values)) / statistics.median(values)) if values else float("nan")
+    )
 
 
 # -- models and batches ---------------------------------------------------------------------------
@@ -147,7 +167,9 @@ def backbone_status(name: str) -> str | None:
     return None
 
 
-def synthetic_batch(cfg, batch_size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+def synthetic_batch(
+    cfg, batch_size: int, device: torch.device, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """A training batch shaped like ``ClipDataset``'s (video, audio, ref, motion) from random numbers."""
     g = torch.Generator().manual_seed(seed)
     frames, size = int(cfg.trainer.num_frames), int(cfg.trainer.size)
@@ -206,14 +228,20 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return "\n".join(lines)
 
 
-def emit(result: dict[str, Any], rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
-         json_path: Path | None) -> None:  # fmt: skip
+def emit(
+    result: dict[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    json_path: Path | None,
+) -> None:
     """Print the JSON result, then a Markdown table; write the JSON to ``json_path`` too."""
     text = json.dumps(result, indent=2, default=str)
     print(text)
     print()
     m = result["machine"]
-    print(f"### {result['benchmark']}  ({m.get('gpu') or m['cpu']}, {m['device']}, commit {m['commit']}, {m['date']})")
+    print(
+        f"### {result['benchmark']}  ({m.get('gpu') or m['cpu']}, {m['device']}, commit {m['commit']}, {m['date']})"
+    )
     print()
     print(markdown_table(rows, columns))
     if json_path is not None:

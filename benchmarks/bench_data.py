@@ -55,29 +55,65 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=32, help="trainer.size: the clip cache's frame size")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (cpu_tiny: 0)")
-    p.add_argument("--batches", type=int, default=8, help="loader batches and trainer steps per timed round")
+    p.add_argument(
+        "--batches", type=int, default=8, help="loader batches and trainer steps per timed round"
+    )
     p.add_argument("--clips", type=int, default=6, help="SynthSing clips (when no --cache-dir)")
-    p.add_argument("--seconds", type=float, default=2.0, help="SynthSing clip length (when no --cache-dir)")
-    p.add_argument("--data-root", default=None, help="SynthSing root (default: the config's data.root)")
+    p.add_argument(
+        "--seconds", type=float, default=2.0, help="SynthSing clip length (when no --cache-dir)"
+    )
+    p.add_argument(
+        "--data-root", default=None, help="SynthSing root (default: the config's data.root)"
+    )
     p.add_argument("--cache-dir", default=None, help="a prepared clip cache instead of SynthSing")
-    p.add_argument("--videos", default=None, help="folder of mp4 files to decode (default: SynthSing's raw clips)")
+    p.add_argument(
+        "--videos",
+        default=None,
+        help="folder of mp4 files to decode (default: SynthSing's raw clips)",
+    )
     p.add_argument("--backbone", default="unet3d")
     p.add_argument("--frontend", default="msm")
-    p.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
+    p.add_argument(
+        "--override", action="append", default=[], help="extra config override (repeatable)"
+    )
     args = p.parse_args(argv)
     device = C.setup(args)
-    settings = {k: getattr(args, k) for k in ("batch", "frames", "size", "workers", "batches", "clips", "seconds",
-                                              "backbone", "frontend", "warmup", "repeats")}  # fmt: skip
+    settings = {
+        k: getattr(args, k)
+        for k in (
+            "batch",
+            "frames",
+            "size",
+            "workers",
+            "batches",
+            "clips",
+            "seconds",
+            "backbone",
+            "frontend",
+            "warmup",
+            "repeats",
+        )
+    }
     result = {"benchmark": "bench_data", "machine": C.machine(device), "settings": settings}
 
     from torch.utils.data import DataLoader
 
     from singer.trainer import BatchStream, Trainer, build_datasets
 
-    overrides = ["trainer=cpu_tiny", f"backbone={args.backbone}", f"frontend={args.frontend}",
-                 f"trainer.batch_size={args.batch}", f"trainer.num_frames={args.frames}", f"trainer.size={args.size}",
-                 f"trainer.num_workers={args.workers}", f"device={device}", f"seed={args.seed}",
-                 f"data.synth.clips={args.clips}", f"data.synth.seconds={args.seconds}", *args.override]  # fmt: skip
+    overrides = [
+        "trainer=cpu_tiny",
+        f"backbone={args.backbone}",
+        f"frontend={args.frontend}",
+        f"trainer.batch_size={args.batch}",
+        f"trainer.num_frames={args.frames}",
+        f"trainer.size={args.size}",
+        f"trainer.num_workers={args.workers}",
+        f"device={device}",
+        f"seed={args.seed}",
+        f"data.synth.clips={args.clips}",
+        f"data.synth.seconds={args.seconds}",
+        *args.override,
+    ]
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     if args.cache_dir:
@@ -88,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- loader vs trainer ----------------------------------------------------------------------
     stream = BatchStream(len(train_set), args.batch, args.seed)
-    loader = DataLoader(train_set, batch_sampler=stream, num_workers=args.workers,
-                        persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")  # fmt: skip
+    loader = DataLoader(
+        train_set,
+        batch_sampler=stream,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        pin_memory=device.type == "cuda",
+    )
     batches = iter(loader)
     first = next(batches)
     with tempfile.TemporaryDirectory() as out_dir:
@@ -108,13 +149,25 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.batches):
                 trainer.train_step(batch)
 
-        times = C.interleaved({"loader": load, "trainer": train}, repeats=args.repeats, warmup=args.warmup,
-                              device=device)  # fmt: skip
+        times = C.interleaved(
+            {"loader": load, "trainer": train},
+            repeats=args.repeats,
+            warmup=args.warmup,
+            device=device,
+        )
     loader_rate = args.batches / C.median(times["loader"])
     trainer_rate = args.batches / C.median(times["trainer"])
-    result["loader"] = {"batches_per_s": loader_rate, "clips_per_s": loader_rate * args.batch,
-                        "spread": C.spread(times["loader"]), "times_s": times["loader"]}  # fmt: skip
-    result["trainer"] = {"steps_per_s": trainer_rate, "spread": C.spread(times["trainer"]), "times_s": times["trainer"]}
+    result["loader"] = {
+        "batches_per_s": loader_rate,
+        "clips_per_s": loader_rate * args.batch,
+        "spread": C.spread(times["loader"]),
+        "times_s": times["loader"],
+    }
+    result["trainer"] = {
+        "steps_per_s": trainer_rate,
+        "spread": C.spread(times["trainer"]),
+        "times_s": times["trainer"],
+    }
     result["loader_over_consumption"] = loader_rate / trainer_rate
     result["target"] = {"loader_over_consumption": ">= 3"}
 
@@ -131,27 +184,61 @@ def main(argv: list[str] | None = None) -> int:
 
             return run
 
-        dtimes = C.interleaved({"decord": over_files(decode_decord, "decord"), "pyav": over_files(decode_pyav, "pyav")},
-                               repeats=args.repeats, warmup=1, device=torch.device("cpu"))  # fmt: skip
+        dtimes = C.interleaved(
+            {
+                "decord": over_files(decode_decord, "decord"),
+                "pyav": over_files(decode_pyav, "pyav"),
+            },
+            repeats=args.repeats,
+            warmup=1,
+            device=torch.device("cpu"),
+        )
         for name in ("decord", "pyav"):
-            decode[name] = {"frames": frame_counts[name], "frames_per_s": frame_counts[name] / C.median(dtimes[name]),
-                            "spread": C.spread(dtimes[name]), "times_s": dtimes[name]}  # fmt: skip
-        decode["decord_over_pyav"] = decode["decord"]["frames_per_s"] / decode["pyav"]["frames_per_s"]
+            decode[name] = {
+                "frames": frame_counts[name],
+                "frames_per_s": frame_counts[name] / C.median(dtimes[name]),
+                "spread": C.spread(dtimes[name]),
+                "times_s": dtimes[name],
+            }
+        decode["decord_over_pyav"] = (
+            decode["decord"]["frames_per_s"] / decode["pyav"]["frames_per_s"]
+        )
     result["decode"] = decode
     result["status"] = "ok"
 
     rows = [
-        {"what": f"loader ({args.workers} workers)", "rate": loader_rate, "unit": "batches/s",
-         "ratio": result["loader_over_consumption"], "ratio of": "loader / trainer"},
-        {"what": "trainer consumption", "rate": trainer_rate, "unit": "steps/s", "ratio": 1.0, "ratio of": ""},
-    ]  # fmt: skip
+        {
+            "what": f"loader ({args.workers} workers)",
+            "rate": loader_rate,
+            "unit": "batches/s",
+            "ratio": result["loader_over_consumption"],
+            "ratio of": "loader / trainer",
+        },
+        {
+            "what": "trainer consumption",
+            "rate": trainer_rate,
+            "unit": "steps/s",
+            "ratio": 1.0,
+            "ratio of": "",
+        },
+    ]
     if files:
         rows += [
-            {"what": f"decord decode ({len(files)} files)", "rate": decode["decord"]["frames_per_s"],
-             "unit": "frames/s", "ratio": decode["decord_over_pyav"], "ratio of": "decord / PyAV"},
-            {"what": f"PyAV decode ({len(files)} files)", "rate": decode["pyav"]["frames_per_s"], "unit": "frames/s",
-             "ratio": 1.0, "ratio of": ""},
-        ]  # fmt: skip
+            {
+                "what": f"decord decode ({len(files)} files)",
+                "rate": decode["decord"]["frames_per_s"],
+                "unit": "frames/s",
+                "ratio": decode["decord_over_pyav"],
+                "ratio of": "decord / PyAV",
+            },
+            {
+                "what": f"PyAV decode ({len(files)} files)",
+                "rate": decode["pyav"]["frames_per_s"],
+                "unit": "frames/s",
+                "ratio": 1.0,
+                "ratio of": "",
+            },
+        ]
     C.emit(result, rows, ["what", "rate", "unit", "ratio", "ratio of"], args.json)
     return 0
 

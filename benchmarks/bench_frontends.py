@@ -29,7 +29,11 @@ VARIANTS = {
     "raw": ["frontend=raw", "backbone.bottleneck_filter=none"],
     "msm": ["frontend=msm", "backbone.bottleneck_filter=none"],
     "sfm": ["frontend=sfm", "backbone.bottleneck_filter=none"],
-    "wav2vec2": ["frontend=wav2vec2", "frontend.random_init=true", "backbone.bottleneck_filter=none"],
+    "wav2vec2": [
+        "frontend=wav2vec2",
+        "frontend.random_init=true",
+        "backbone.bottleneck_filter=none",
+    ],
     "msm+sfm": ["frontend=msm", "backbone.bottleneck_filter=sfm"],
 }
 
@@ -37,12 +41,18 @@ VARIANTS = {
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--backbone", default="unet3d", help="registered backbone name")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated, from: " + ", ".join(VARIANTS),
+    )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA) | fp32 | bf16")
-    p.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
+    p.add_argument(
+        "--override", action="append", default=[], help="extra config override (repeatable)"
+    )
     args = p.parse_args(argv)
     device = C.setup(args)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -52,18 +62,33 @@ def main(argv: list[str] | None = None) -> int:
     if "mel" not in names:
         names.insert(0, "mel")  # the reference of every ratio
 
-    result = {"benchmark": "bench_frontends", "machine": C.machine(device), "backbone": args.backbone,
-              "settings": {"batch": args.batch, "frames": args.frames, "size": args.size,
-                           "precision": args.precision, "warmup": args.warmup, "repeats": args.repeats,
-                           "overrides": args.override}}  # fmt: skip
+    result = {
+        "benchmark": "bench_frontends",
+        "machine": C.machine(device),
+        "backbone": args.backbone,
+        "settings": {
+            "batch": args.batch,
+            "frames": args.frames,
+            "size": args.size,
+            "precision": args.precision,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "overrides": args.override,
+        },
+    }
     reason = C.backbone_status(args.backbone)
     if reason is not None:
         return C.emit_skipped(result, reason, args.json, variants={})
 
     from singer.models.spec import count_parameters, get_model_spec
 
-    base = ["trainer=cpu_tiny", f"backbone={args.backbone}", f"trainer.batch_size={args.batch}",
-            f"trainer.num_frames={args.frames}", f"trainer.size={args.size}"]  # fmt: skip
+    base = [
+        "trainer=cpu_tiny",
+        f"backbone={args.backbone}",
+        f"trainer.batch_size={args.batch}",
+        f"trainer.num_frames={args.frames}",
+        f"trainer.size={args.size}",
+    ]
     steps, memory, params = {}, {}, {}
     batch = None
     for name in names:
@@ -72,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         model = spec.build(cfg).to(device).train()
         if batch is None:
-            batch = C.synthetic_batch(cfg, args.batch, device, args.seed)  # the same batch for every variant
+            batch = C.synthetic_batch(
+                cfg, args.batch, device, args.seed
+            )  # the same batch for every variant
         trainable = [q for q in model.parameters() if q.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
         generator = torch.Generator(device=device).manual_seed(args.seed + 1)
@@ -107,20 +134,40 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         t = C.median(times[name])
         variants[name] = {
-            "step_s": t, "step_ratio_to_mel": t / ref_time, "spread": C.spread(times[name]),
-            "memory_bytes": memory[name], "memory_ratio_to_mel": memory[name] / ref_mem if ref_mem else None,
-            "params": params[name][0], "trainable_params": params[name][1], "times_s": times[name],
-        }  # fmt: skip
-        rows.append({"variant": name, "step ms": 1000 * t, "× mel": t / ref_time, "spread": C.spread(times[name]),
-                     f"{memory_kind} MB": memory[name] / 2**20,
-                     "mem × mel": variants[name]["memory_ratio_to_mel"],
-                     "params (M)": params[name][0] / 1e6})  # fmt: skip
-    result.update(status="ok", memory_kind=memory_kind, variants=variants,
-                  target={"msm+sfm step_ratio_to_mel": "<= 1.03"})  # fmt: skip
+            "step_s": t,
+            "step_ratio_to_mel": t / ref_time,
+            "spread": C.spread(times[name]),
+            "memory_bytes": memory[name],
+            "memory_ratio_to_mel": memory[name] / ref_mem if ref_mem else None,
+            "params": params[name][0],
+            "trainable_params": params[name][1],
+            "times_s": times[name],
+        }
+        rows.append(
+            {
+                "variant": name,
+                "step ms": 1000 * t,
+                "× mel": t / ref_time,
+                "spread": C.spread(times[name]),
+                f"{memory_kind} MB": memory[name] / 2**20,
+                "mem × mel": variants[name]["memory_ratio_to_mel"],
+                "params (M)": params[name][0] / 1e6,
+            }
+        )
+    result.update(
+        status="ok",
+        memory_kind=memory_kind,
+        variants=variants,
+        target={"msm+sfm step_ratio_to_mel": "<= 1.03"},
+    )
     if "msm+sfm" in variants:
         result["msm_sfm_step_ratio_to_mel"] = variants["msm+sfm"]["step_ratio_to_mel"]
-    C.emit(result, rows, ["variant", "step ms", "× mel", "spread", f"{memory_kind} MB", "mem × mel", "params (M)"],
-           args.json)  # fmt: skip
+    C.emit(
+        result,
+        rows,
+        ["variant", "step ms", "× mel", "spread", f"{memory_kind} MB", "mem × mel", "params (M)"],
+        args.json,
+    )
     return 0
 
 

@@ -70,10 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone's forward")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--precision", default="bf16", help="bf16 | fp32")
-    p.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s (default: table)")
-    p.add_argument("--preset", default="config", choices=sorted(PRESETS), help="backbone size (see PRESETS)")
-    p.add_argument("--override", action="append", default=[],
-                   help="backbone config override without the 'backbone.' prefix, e.g. depth=8 (repeatable)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s (default: table)"
+    )
+    p.add_argument(
+        "--preset", default="config", choices=sorted(PRESETS), help="backbone size (see PRESETS)"
+    )
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="backbone config override without the 'backbone.' prefix, e.g. depth=8 (repeatable)",
+    )
     args = p.parse_args(argv)
 
     wants_cuda = args.device.startswith("cuda") or args.device == "auto"
@@ -83,31 +91,64 @@ def main(argv: list[str] | None = None) -> int:
             import json
 
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"benchmark": "bench_mfu", "status": "skipped", "reason": NO_CUDA}) + "\n")
+            args.json.write_text(
+                json.dumps({"benchmark": "bench_mfu", "status": "skipped", "reason": NO_CUDA})
+                + "\n"
+            )
         return 0
     device = C.setup(args)
     if device.type != "cuda" and args.peak_tflops is None:
         p.error("--device cpu is a dry run of the code: give --peak-tflops too")
-    keys = ("batch", "frames", "latent", "channels", "tokens", "audio_dim", "motion_frames", "compile",
-            "grad_checkpointing", "precision", "preset", "warmup", "repeats", "override")
-    result = {"benchmark": "bench_mfu", "machine": C.machine(device), "backbone": args.backbone,
-              "settings": {k: getattr(args, k) for k in keys}}
+    keys = (
+        "batch",
+        "frames",
+        "latent",
+        "channels",
+        "tokens",
+        "audio_dim",
+        "motion_frames",
+        "compile",
+        "grad_checkpointing",
+        "precision",
+        "preset",
+        "warmup",
+        "repeats",
+        "override",
+    )
+    result = {
+        "benchmark": "bench_mfu",
+        "machine": C.machine(device),
+        "backbone": args.backbone,
+        "settings": {k: getattr(args, k) for k in keys},
+    }
     reason = C.backbone_status(args.backbone)
     if reason is not None:
         return C.emit_skipped(result, reason, args.json)
     peak = args.peak_tflops or peak_tflops(result["machine"].get("gpu", ""))
     if peak is None:
-        p.error(f"no peak bf16 FLOP/s known for {result['machine'].get('gpu')!r}: give --peak-tflops")
+        p.error(
+            f"no peak bf16 FLOP/s known for {result['machine'].get('gpu')!r}: give --peak-tflops"
+        )
 
     from torch.utils.flop_counter import FlopCounterMode
 
     from singer.models.singer import _kwargs
     from singer.registry import BACKBONES
 
-    cfg = C.compose([f"backbone={args.backbone}", *[f"backbone.{o}" for o in [*PRESETS[args.preset], *args.override]]])
+    cfg = C.compose(
+        [
+            f"backbone={args.backbone}",
+            *[f"backbone.{o}" for o in [*PRESETS[args.preset], *args.override]],
+        ]
+    )
     torch.manual_seed(args.seed)
-    backbone = BACKBONES.build(args.backbone, in_channels=args.channels, audio_dim=args.audio_dim,
-                               motion_frames=args.motion_frames, **_kwargs(cfg.backbone))
+    backbone = BACKBONES.build(
+        args.backbone,
+        in_channels=args.channels,
+        audio_dim=args.audio_dim,
+        motion_frames=args.motion_frames,
+        **_kwargs(cfg.backbone),
+    )
     backbone = backbone.to(device).train()
     if args.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
@@ -117,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     t = torch.randint(0, 1000, (b,), device=device, generator=g)
     audio = torch.randn(b, f, args.tokens, args.audio_dim, device=device, generator=g)
     ref = torch.randn(b, c, s, s, device=device, generator=g)
-    motion = torch.randn(b, c, args.motion_frames, s, s, device=device, generator=g) if args.motion_frames else None
+    motion = (
+        torch.randn(b, c, args.motion_frames, s, s, device=device, generator=g)
+        if args.motion_frames
+        else None
+    )
     target = torch.randn(b, c, f, s, s, device=device, generator=g)
     optimizer = torch.optim.AdamW(backbone.parameters(), lr=1e-4, fused=device.type == "cuda")
 
@@ -146,15 +191,38 @@ def main(argv: list[str] | None = None) -> int:
     achieved = flops / step_s
     mfu = achieved / (peak * 1e12)
     memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    result.update(status="ok", flops_per_step=flops, step_s=step_s, achieved_tflops=achieved / 1e12,
-                  peak_tflops=peak, mfu=mfu, spread=C.spread(times["step"]), times_s=times["step"],
-                  peak_memory_bytes=memory, params=sum(q.numel() for q in backbone.parameters()),
-                  dry_run=device.type != "cuda",
-                  target={"dit mfu (bf16, latent 32², 16 frames, batch >= 8)": ">= 0.45"})  # fmt: skip
-    rows = [{"backbone": args.backbone, "batch": b, "latent": f"{c}×{f}×{s}²", "GFLOP/step": flops / 1e9,
-             "step ms": 1000 * step_s, "TFLOP/s": achieved / 1e12, "peak TFLOP/s": peak, "MFU": mfu}]  # fmt: skip
-    C.emit(result, rows, ["backbone", "batch", "latent", "GFLOP/step", "step ms", "TFLOP/s", "peak TFLOP/s", "MFU"],
-           args.json)  # fmt: skip
+    result.update(
+        status="ok",
+        flops_per_step=flops,
+        step_s=step_s,
+        achieved_tflops=achieved / 1e12,
+        peak_tflops=peak,
+        mfu=mfu,
+        spread=C.spread(times["step"]),
+        times_s=times["step"],
+        peak_memory_bytes=memory,
+        params=sum(q.numel() for q in backbone.parameters()),
+        dry_run=device.type != "cuda",
+        target={"dit mfu (bf16, latent 32², 16 frames, batch >= 8)": ">= 0.45"},
+    )
+    rows = [
+        {
+            "backbone": args.backbone,
+            "batch": b,
+            "latent": f"{c}×{f}×{s}²",
+            "GFLOP/step": flops / 1e9,
+            "step ms": 1000 * step_s,
+            "TFLOP/s": achieved / 1e12,
+            "peak TFLOP/s": peak,
+            "MFU": mfu,
+        }
+    ]
+    C.emit(
+        result,
+        rows,
+        ["backbone", "batch", "latent", "GFLOP/step", "step ms", "TFLOP/s", "peak TFLOP/s", "MFU"],
+        args.json,
+    )
     return 0
 
 

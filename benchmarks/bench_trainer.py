@@ -33,22 +33,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
+    p.add_argument(
+        "--override", action="append", default=[], help="extra config override (repeatable)"
+    )
     args = p.parse_args(argv)
     device = C.setup(args)
-    result = {"benchmark": "bench_trainer", "machine": C.machine(device), "backbone": args.backbone,
-              "settings": {"frontend": args.frontend, "batch": args.batch, "frames": args.frames, "size": args.size,
-                           "warmup": args.warmup, "repeats": args.repeats, "overrides": args.override}}  # fmt: skip
+    result = {
+        "benchmark": "bench_trainer",
+        "machine": C.machine(device),
+        "backbone": args.backbone,
+        "settings": {
+            "frontend": args.frontend,
+            "batch": args.batch,
+            "frames": args.frames,
+            "size": args.size,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "overrides": args.override,
+        },
+    }
     reason = C.backbone_status(args.backbone)
     if reason is not None:
         return C.emit_skipped(result, reason, args.json)
 
     from singer.trainer import Trainer
 
-    cfg = C.compose(["trainer=cpu_tiny", f"backbone={args.backbone}", f"frontend={args.frontend}",
-                     f"trainer.batch_size={args.batch}", f"trainer.num_frames={args.frames}",
-                     f"trainer.size={args.size}", f"device={device}", f"seed={args.seed}",
-                     *(["trainer.threads=" + str(args.threads)] if args.threads else []), *args.override])  # fmt: skip
+    cfg = C.compose(
+        [
+            "trainer=cpu_tiny",
+            f"backbone={args.backbone}",
+            f"frontend={args.frontend}",
+            f"trainer.batch_size={args.batch}",
+            f"trainer.num_frames={args.frames}",
+            f"trainer.size={args.size}",
+            f"device={device}",
+            f"seed={args.seed}",
+            *(["trainer.threads=" + str(args.threads)] if args.threads else []),
+            *args.override,
+        ]
+    )
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = Trainer(cfg, out_dir, progress=False)
         trainer._setup()  # model, EMA, optimizer, schedule, generators; writes nothing
@@ -64,8 +87,13 @@ def main(argv: list[str] | None = None) -> int:
             model.to(memory_format=torch.channels_last)
         trainable = [q for q in model.parameters() if q.requires_grad]
         tc = cfg.trainer
-        optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
-                                      fused=trainer.optimizer.defaults.get("fused"))  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            trainable,
+            lr=tc.lr,
+            betas=tuple(tc.betas),
+            weight_decay=tc.weight_decay,
+            fused=trainer.optimizer.defaults.get("fused"),
+        )
         generator = torch.Generator(device=trainer.noise_gen.device).manual_seed(args.seed + 1)
         amp = trainer.amp_dtype
 
@@ -79,16 +107,37 @@ def main(argv: list[str] | None = None) -> int:
         def harness():
             trainer.train_step(batch)
 
-        times = C.interleaved({"harness": harness, "bare": bare}, repeats=args.repeats, warmup=args.warmup,
-                              device=device)  # fmt: skip
+        times = C.interleaved(
+            {"harness": harness, "bare": bare},
+            repeats=args.repeats,
+            warmup=args.warmup,
+            device=device,
+        )
     h, b = C.median(times["harness"]), C.median(times["bare"])
-    result.update(status="ok", harness_step_s=h, bare_step_s=b, ratio=h / b, target="ratio <= 1.05",
-                  spread={k: C.spread(v) for k, v in times.items()}, times_s=times,
-                  compile_status=trainer.compile_status)  # fmt: skip
-    rows = [{"loop": "harness (Trainer.train_step)", "step ms": 1000 * h, "× bare": h / b,
-             "spread": C.spread(times["harness"])},
-            {"loop": "bare PyTorch", "step ms": 1000 * b, "× bare": 1.0,
-             "spread": C.spread(times["bare"])}]  # fmt: skip
+    result.update(
+        status="ok",
+        harness_step_s=h,
+        bare_step_s=b,
+        ratio=h / b,
+        target="ratio <= 1.05",
+        spread={k: C.spread(v) for k, v in times.items()},
+        times_s=times,
+        compile_status=trainer.compile_status,
+    )
+    rows = [
+        {
+            "loop": "harness (Trainer.train_step)",
+            "step ms": 1000 * h,
+            "× bare": h / b,
+            "spread": C.spread(times["harness"]),
+        },
+        {
+            "loop": "bare PyTorch",
+            "step ms": 1000 * b,
+            "× bare": 1.0,
+            "spread": C.spread(times["bare"]),
+        },
+    ]
     C.emit(result, rows, ["loop", "step ms", "× bare", "spread"], args.json)
     return 0
 

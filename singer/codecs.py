@@ -77,7 +77,9 @@ def unfold_frames(frames: torch.Tensor, batch: int) -> torch.Tensor:
     return frames.reshape(batch, n // batch, c, h, w).transpose(1, 2)
 
 
-def map_frames(fn: Callable[[torch.Tensor], torch.Tensor], video: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+def map_frames(
+    fn: Callable[[torch.Tensor], torch.Tensor], video: torch.Tensor, chunk: int = 0
+) -> torch.Tensor:
     """Apply a per-image function ``N×C×H×W → N×C'×H'×W'`` to every frame of ``B×C×F×H×W``,
     at most ``chunk`` images per call (0: all at once)."""
     if video.dim() != 5:
@@ -124,9 +126,13 @@ class _ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            _group_norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            _group_norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-        )  # fmt: skip
+            _group_norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            _group_norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -163,9 +169,13 @@ class TinyAutoencoder(nn.Module):
         super().__init__()
         levels = int(math.log2(downsample)) if downsample >= 1 else -1
         if levels < 0 or 2**levels != downsample:
-            raise ValueError(f"tiny_ae downsample must be a power of two (1, 2, 4, 8, ...), got {downsample}")
+            raise ValueError(
+                f"tiny_ae downsample must be a power of two (1, 2, 4, 8, ...), got {downsample}"
+            )
         if regularizer not in AE_REGULARIZERS:
-            raise ValueError(f"tiny_ae regularizer must be one of {AE_REGULARIZERS}, got '{regularizer}'")
+            raise ValueError(
+                f"tiny_ae regularizer must be one of {AE_REGULARIZERS}, got '{regularizer}'"
+            )
         self.latent_channels = int(latent_channels)
         self.downsample = int(downsample)
         self.regularizer = regularizer
@@ -174,15 +184,28 @@ class TinyAutoencoder(nn.Module):
 
         enc: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
         for i in range(levels):
-            enc += [_ResBlock(widths[i]), nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
-        enc += [_ResBlock(widths[-1]), _group_norm(widths[-1]), nn.SiLU(),
-                nn.Conv2d(widths[-1], out_channels, 3, padding=1)]  # fmt: skip
+            enc += [
+                _ResBlock(widths[i]),
+                nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1),
+            ]
+        enc += [
+            _ResBlock(widths[-1]),
+            _group_norm(widths[-1]),
+            nn.SiLU(),
+            nn.Conv2d(widths[-1], out_channels, 3, padding=1),
+        ]
         self.encoder = nn.Sequential(*enc)
 
-        dec: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1), _ResBlock(widths[-1])]
+        dec: list[nn.Module] = [
+            nn.Conv2d(latent_channels, widths[-1], 3, padding=1),
+            _ResBlock(widths[-1]),
+        ]
         for i in reversed(range(levels)):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i + 1], widths[i], 3, padding=1),
-                    _ResBlock(widths[i])]  # fmt: skip
+            dec += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(widths[i + 1], widths[i], 3, padding=1),
+                _ResBlock(widths[i]),
+            ]
         dec += [_group_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
@@ -207,7 +230,9 @@ class TinyAutoencoder(nn.Module):
         """Fold a batch of raw latents into the running per-channel mean and std."""
         z = z.detach().float().transpose(0, 1).reshape(self.latent_channels, -1)
         mean, std = z.mean(dim=1), z.std(dim=1, unbiased=False).clamp_min(1e-4)
-        momentum = max(self.STATS_MOMENTUM, 1.0 / float(self.stats_count + 1))  # the first batch sets them
+        momentum = max(
+            self.STATS_MOMENTUM, 1.0 / float(self.stats_count + 1)
+        )  # the first batch sets them
         self.latent_mean.lerp_(mean.to(self.latent_mean.dtype), momentum)
         self.latent_std.lerp_(std.to(self.latent_std.dtype), momentum)
         self.stats_count += 1
@@ -218,7 +243,9 @@ class TinyAutoencoder(nn.Module):
         """Training pass on ``N×3×H×W`` → (reconstruction, raw latent, regulariser value)."""
         mean, logvar = self.encode_raw(frames)
         if logvar is not None:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            noise = torch.randn(
+                mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
+            )
             z = mean + torch.exp(0.5 * logvar) * noise if self.training else mean
             reg = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         else:
@@ -282,9 +309,12 @@ class TinyAECodec(FrozenCodec):
     ):
         super().__init__()
         given = {
-            "latent_channels": latent_channels, "downsample": downsample, "base_channels": base_channels,
-            "max_channels": max_channels, "regularizer": regularizer,
-        }  # fmt: skip
+            "latent_channels": latent_channels,
+            "downsample": downsample,
+            "base_channels": base_channels,
+            "max_channels": max_channels,
+            "regularizer": regularizer,
+        }
         given = {k: v for k, v in given.items() if v is not None}
         self.chunk = int(chunk)
         if checkpoint is None or str(checkpoint).strip() in ("", "None", "null"):
@@ -311,11 +341,19 @@ class TinyAECodec(FrozenCodec):
             arch = {k: model_cfg[k] for k in AE_ARCH_KEYS if k in model_cfg}
             clash = {k: (v, arch[k]) for k, v in given.items() if k in arch and arch[k] != v}
             if clash:
-                text = ", ".join(f"codec.{k}={v!r} but the checkpoint has {a!r}" for k, (v, a) in clash.items())
-                raise ValueError(f"codec=tiny_ae: {text}; leave these keys null to take them from the checkpoint")
+                text = ", ".join(
+                    f"codec.{k}={v!r} but the checkpoint has {a!r}" for k, (v, a) in clash.items()
+                )
+                raise ValueError(
+                    f"codec=tiny_ae: {text}; leave these keys null to take them from the checkpoint"
+                )
             self.ae = TinyAutoencoder(**{**given, **arch})
             weights = state["ema" if use_ema else "model"]
-            own = {k[len(AE_STATE_PREFIX) :]: v for k, v in weights.items() if k.startswith(AE_STATE_PREFIX)}
+            own = {
+                k[len(AE_STATE_PREFIX) :]: v
+                for k, v in weights.items()
+                if k.startswith(AE_STATE_PREFIX)
+            }
             self.ae.load_state_dict(own)
             self.source = str(path)
         self.latent_channels = self.ae.latent_channels
@@ -335,7 +373,7 @@ class TinyAECodec(FrozenCodec):
 SD_VAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SD_VAE_HINT = (
     "on a machine with network access save a diffusers AutoencoderKL, e.g.\n"
-    "      python -c \"from diffusers import AutoencoderKL; "
+    '      python -c "from diffusers import AutoencoderKL; '
     "AutoencoderKL.from_pretrained('stabilityai/sd-vae-ft-mse').save_pretrained('sd-vae')\"\n"
     "    and copy the folder (config.json + diffusion_pytorch_model.safetensors) here; a full Stable "
     "Diffusion pipeline folder with a vae/ subfolder works too."
@@ -372,17 +410,28 @@ class SDVAECodec(FrozenCodec):
     ``chunk`` bounds how many frames go through the VAE at once (0: all ``B·F``).
     """
 
-    def __init__(self, path: str | None = "weights/sd-vae", sha256: str | None = None,
-                 sample_posterior: bool = False, chunk: int = 16):  # fmt: skip
+    def __init__(
+        self,
+        path: str | None = "weights/sd-vae",
+        sha256: str | None = None,
+        sample_posterior: bool = False,
+        chunk: int = 16,
+    ):
         super().__init__()
         folder, subfolder, weight_file = _sd_vae_folder(path)
         resolve_weights(
-            weight_file, sha256=sha256, name="SD VAE weights (diffusers AutoencoderKL)",
-            config_key="codec.path", sha256_key="codec.sha256", hint=SD_VAE_HINT,
-        )  # fmt: skip
+            weight_file,
+            sha256=sha256,
+            name="SD VAE weights (diffusers AutoencoderKL)",
+            config_key="codec.path",
+            sha256_key="codec.sha256",
+            hint=SD_VAE_HINT,
+        )
         from diffusers import AutoencoderKL
 
-        self.vae = AutoencoderKL.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True)
+        self.vae = AutoencoderKL.from_pretrained(
+            str(folder), subfolder=subfolder, local_files_only=True
+        )
         config = self.vae.config
         self.scaling_factor = float(config.scaling_factor)
         self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
@@ -409,4 +458,3 @@ class SDVAECodec(FrozenCodec):
             return self.vae.decode(z / self.scaling_factor + self.shift_factor).sample
 
         return map_frames(decode_frames, latents, self.chunk).clamp(-1.0, 1.0)
-

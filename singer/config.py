@@ -15,7 +15,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONFIG_MODULE = "singer.conf"
 # Config group → registry kind, for the name checks below.
-REGISTERED_GROUPS = {"frontend": "frontend", "backbone": "backbone", "codec": "codec", "model": "model"}
+REGISTERED_GROUPS = {
+    "frontend": "frontend",
+    "backbone": "backbone",
+    "codec": "codec",
+    "model": "model",
+}
 
 
 class ConfigError(ValueError):
@@ -72,7 +77,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def compose(overrides: Sequence[str] | Iterable[str] = (), config_name: str = "train") -> DictConfig:
+def compose(
+    overrides: Sequence[str] | Iterable[str] = (), config_name: str = "train"
+) -> DictConfig:
     """Compose ``singer/conf/<config_name>.yaml`` with Hydra override strings, then validate."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module

@@ -124,7 +124,9 @@ def device_for(env: DistEnv, device: torch.device) -> torch.device:
 
 def backend_for(device: torch.device, backend: str = "auto") -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"trainer.ddp.backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        raise ValueError(
+            f"trainer.ddp.backend must be one of {', '.join(BACKENDS)}; got {backend!r}"
+        )
     if backend == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
     return backend
@@ -134,7 +136,9 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init(env: DistEnv, device: torch.device, backend: str = "auto", timeout_min: float = 30) -> bool:
+def init(
+    env: DistEnv, device: torch.device, backend: str = "auto", timeout_min: float = 30
+) -> bool:
     """Join the process group of ``env`` (``env://``). Returns True when this call created it
     (the caller then calls :func:`cleanup`); False for one process or a group that already exists."""
     if not env.enabled:
@@ -150,13 +154,18 @@ def init(env: DistEnv, device: torch.device, backend: str = "auto", timeout_min:
         raise RuntimeError("torch.distributed is not available in this torch build")
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RuntimeError(f"WORLD_SIZE={env.world_size} but {', '.join(missing)} is not set; launch with torchrun")
+        raise RuntimeError(
+            f"WORLD_SIZE={env.world_size} but {', '.join(missing)} is not set; launch with torchrun"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(
-        backend=backend_for(device, backend), init_method="env://", rank=env.rank, world_size=env.world_size,
+        backend=backend_for(device, backend),
+        init_method="env://",
+        rank=env.rank,
+        world_size=env.world_size,
         timeout=_dt.timedelta(minutes=float(timeout_min)),
-    )  # fmt: skip
+    )
     return True
 
 
@@ -216,7 +225,12 @@ def mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return total / env.world_size
 
 
-def wrap(module: torch.nn.Module, env: DistEnv, device: torch.device, options: Mapping[str, Any] | None = None):
+def wrap(
+    module: torch.nn.Module,
+    env: DistEnv,
+    device: torch.device,
+    options: Mapping[str, Any] | None = None,
+):
     """``module`` in DistributedDataParallel (``module`` itself for one process).
 
     ``options``: ``find_unused_parameters``, ``bucket_cap_mb``, ``gradient_as_bucket_view``,

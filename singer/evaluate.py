@@ -17,16 +17,35 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m singer.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("target", help="checkpoint .pt, run directory, or MLflow run id (resolved via its out_dir tag)")
+    parser = argparse.ArgumentParser(
+        prog="python -m singer.evaluate", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "target",
+        help="checkpoint .pt, run directory, or MLflow run id (resolved via its out_dir tag)",
+    )
     parser.add_argument("--split", choices=("val", "train", "all"), default="val")
-    parser.add_argument("--data-cache", help="a prepared clip cache (default: the checkpoint's data config)")
-    parser.add_argument("--protocol", help="a YAML file overriding singer/conf/evaluate/default.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one protocol key (repeatable), e.g. --set steps=20")  # fmt: skip
-    parser.add_argument("--seeds", type=int, nargs="+", help="generation seeds (overrides the protocol's)")
+    parser.add_argument(
+        "--data-cache", help="a prepared clip cache (default: the checkpoint's data config)"
+    )
+    parser.add_argument(
+        "--protocol", help="a YAML file overriding singer/conf/evaluate/default.yaml"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one protocol key (repeatable), e.g. --set steps=20",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="generation seeds (overrides the protocol's)"
+    )
     parser.add_argument("--bands", action="store_true", help="run the frequency-band ablation")
-    parser.add_argument("--probes", action="store_true", help="run the ridge probes of the audio front-end(s)")
+    parser.add_argument(
+        "--probes", action="store_true", help="run the ridge probes of the audio front-end(s)"
+    )
     parser.add_argument("--out", help="output directory (default: <run dir>/eval/<protocol hash>)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -40,7 +59,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from singer.registry import UnknownNameError
     from singer.weights import MissingWeightsError, WeightsChecksumError
 
-    return EvaluationError, ProtocolError, ProbeError, UnknownNameError, MissingWeightsError, WeightsChecksumError
+    return (
+        EvaluationError,
+        ProtocolError,
+        ProbeError,
+        UnknownNameError,
+        MissingWeightsError,
+        WeightsChecksumError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,15 +76,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         protocol = load_protocol(args.protocol, args.overrides)
         result = evaluate_checkpoint(
-            args.target, protocol=protocol, split=args.split, data_cache=args.data_cache, seeds=args.seeds,
-            bands=args.bands, probes=args.probes, out_dir=args.out, log_mlflow=not args.no_mlflow,
-            device=args.device, progress=not args.no_progress,
-        )  # fmt: skip
+            args.target,
+            protocol=protocol,
+            split=args.split,
+            data_cache=args.data_cache,
+            seeds=args.seeds,
+            bands=args.bands,
+            probes=args.probes,
+            out_dir=args.out,
+            log_mlflow=not args.no_mlflow,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{result.model} step {result.step}, protocol {result.protocol_hash}, {len(result.clip_ids)} clips "
-          f"({result.split}), seeds {result.protocol.seeds}")  # fmt: skip
+    print(
+        f"{result.model} step {result.step}, protocol {result.protocol_hash}, {len(result.clip_ids)} clips "
+        f"({result.split}), seeds {result.protocol.seeds}"
+    )
     width = max((len(k) for k in result.metrics), default=0)
     for key, value in result.metrics.items():
         lo, hi = result.ci.get(key, (math.nan, math.nan))
@@ -66,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key.ljust(width)}  {value:.4g}{interval}")
     for name, error in result.probe_errors.items():
         print(f"  probe of '{name}' skipped: {error}", file=sys.stderr)
-    print(f"wrote {result.path}" + (f"; logged to MLflow run {result.run_id}" if not args.no_mlflow else ""))
+    print(
+        f"wrote {result.path}"
+        + (f"; logged to MLflow run {result.run_id}" if not args.no_mlflow else "")
+    )
     return 0
 
 

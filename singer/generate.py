@@ -16,16 +16,26 @@ import numpy as np
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m singer.generate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m singer.generate", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a training run directory")
     p.add_argument("--image", required=True, help="face image (png/jpg, any size)")
-    p.add_argument("--audio", required=True, help="audio or video file with sound (wav/flac/mp3/m4a/mp4)")
+    p.add_argument(
+        "--audio", required=True, help="audio or video file with sound (wav/flac/mp3/m4a/mp4)"
+    )
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--seed", type=int, default=0, help="fixes the sampling noise (default 0)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model config's)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model config's)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="DDIM steps (default: the model config's)"
+    )
+    p.add_argument(
+        "--guidance", type=float, default=None, help="CFG scale (default: the model config's)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument(
+        "--no-ema", action="store_true", help="use the raw weights instead of the EMA weights"
+    )
     return p
 
 
@@ -52,12 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     if len(audio) == 0:
         print(f"error: {args.audio} has no audio samples", file=sys.stderr)
         return 2
-    frames = generate_video(loaded, face, audio, steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
+    frames = generate_video(
+        loaded, face, audio, steps=args.steps, guidance_scale=args.guidance, seed=args.seed
+    )
     num_samples = round(len(frames) / loaded.fps * loaded.sample_rate)
     wave = np.pad(audio, (0, max(0, num_samples - len(audio))))[:num_samples]
     out = write_mp4(Path(args.out), frames, loaded.fps, wave, loaded.sample_rate)
-    print(f"wrote {out}: {len(frames)} frames at {loaded.fps:g} fps ({len(frames) / loaded.fps:.2f} s), "
-          f"audio {len(audio) / loaded.sample_rate:.2f} s")  # fmt: skip
+    print(
+        f"wrote {out}: {len(frames)} frames at {loaded.fps:g} fps ({len(frames) / loaded.fps:.2f} s), "
+        f"audio {len(audio) / loaded.sample_rate:.2f} s"
+    )
     return 0
 
 

@@ -54,7 +54,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_model(checkpoint: str | Path, *, device: str = "auto", use_ema: bool = True) -> LoadedModel:
+def load_model(
+    checkpoint: str | Path, *, device: str = "auto", use_ema: bool = True
+) -> LoadedModel:
     """Rebuild the model from the config saved in the checkpoint and load its (EMA) weights."""
     path = resolve_checkpoint(checkpoint)
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -86,7 +88,9 @@ def to_tensor_frames(frames: np.ndarray) -> torch.Tensor:
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """3×F×H×W in [-1, 1] → F×H×W×3 uint8."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+    return (
+        ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+    )
 
 
 @torch.no_grad()
@@ -110,9 +114,13 @@ def generate_video(
 
     cfg, dev = loaded.cfg, loaded.device
     if loaded.spec.sample is None:
-        raise ValueError(f"model '{loaded.spec.name}' does not generate video ({loaded.spec.description})")
+        raise ValueError(
+            f"model '{loaded.spec.name}' does not generate video ({loaded.spec.description})"
+        )
     steps = int(steps if steps is not None else cfg.model.sample.steps)
-    guidance_scale = float(guidance_scale if guidance_scale is not None else cfg.model.sample.guidance_scale)
+    guidance_scale = float(
+        guidance_scale if guidance_scale is not None else cfg.model.sample.guidance_scale
+    )
     fps, sr, clip = loaded.fps, loaded.sample_rate, loaded.clip_frames
     total_frames = max(1, round(len(audio) / sr * fps))
     num_clips = math.ceil(total_frames / clip)
@@ -129,8 +137,13 @@ def generate_video(
         start, stop = round(c * clip / fps * sr), round((c + 1) * clip / fps * sr)
         wav = torch.from_numpy(padded[start:stop]).unsqueeze(0).to(dev)
         conditions = Conditions(audio=wav, ref=ref, num_frames=clip, motion=motion)
-        video = loaded.spec.sample(loaded.model, conditions, steps=steps, guidance_scale=guidance_scale,
-                                   generator=generator)  # fmt: skip
+        video = loaded.spec.sample(
+            loaded.model,
+            conditions,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+        )
         pieces.append(video[0])
         motion = video[:, :, -m:]
     return to_uint8_frames(torch.cat(pieces, dim=1)[:, :total_frames])

@@ -180,9 +180,15 @@ def _child(names: list[str]) -> subprocess.CompletedProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m singer.install_check", description=__doc__.split("\n")[0])
-    parser.add_argument("--only", nargs="+", choices=sorted(CHECKS), help="check only these packages")
-    parser.add_argument("--in-process", action="store_true", help="run the checks in this interpreter")
+    parser = argparse.ArgumentParser(
+        prog="python -m singer.install_check", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(CHECKS), help="check only these packages"
+    )
+    parser.add_argument(
+        "--in-process", action="store_true", help="run the checks in this interpreter"
+    )
     args = parser.parse_args(argv)
     names = args.only or list(CHECKS)
     if args.in_process:
@@ -190,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             ok, detail = run_one(name)
             failed += not ok
-            print(f"ok {name} {detail}" if ok else f"error: {name} does not work: {detail} — {FIX}", flush=True)
+            print(
+                f"ok {name} {detail}" if ok else f"error: {name} does not work: {detail} — {FIX}",
+                flush=True,
+            )
         return 1 if failed else 0
 
     start = time.perf_counter()
@@ -201,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             one = _child([name])
             if one.returncode < 0:
-                lines.append(f"error: {name} does not work: the interpreter died with signal {-one.returncode} — {FIX}")
+                lines.append(
+                    f"error: {name} does not work: the interpreter died with signal {-one.returncode} — {FIX}"
+                )
             else:
                 lines += one.stdout.splitlines()
     print("\n".join(lines))
@@ -209,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if failed or proc.returncode:
         print(f"install check: {failed or 'some'} of {len(names)} packages failed", file=sys.stderr)
         return 1
-    print(f"install check: all {len(names)} packages load and work ({time.perf_counter() - start:.0f} s)")
+    print(
+        f"install check: all {len(names)} packages load and work ({time.perf_counter() - start:.0f} s)"
+    )
     return 0
 
 

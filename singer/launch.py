@@ -39,13 +39,35 @@ _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # key (partition, time, gpus-per-node, ...) are left out on purpose.
 ADDITIONAL_ALLOWED = frozenset(
     {
-        "begin", "comment", "cores_per_socket", "cpus_per_gpu", "distribution", "exclude",
-        "exclusive", "gpu_bind", "gpu_freq", "gpus_per_task", "gres", "hint", "licenses",
-        "mail_type", "mail_user", "mem_per_cpu", "mem_per_gpu", "network", "nice", "nodelist",
-        "prefer", "requeue", "reservation", "sockets_per_node", "switches", "threads_per_core",
+        "begin",
+        "comment",
+        "cores_per_socket",
+        "cpus_per_gpu",
+        "distribution",
+        "exclude",
+        "exclusive",
+        "gpu_bind",
+        "gpu_freq",
+        "gpus_per_task",
+        "gres",
+        "hint",
+        "licenses",
+        "mail_type",
+        "mail_user",
+        "mem_per_cpu",
+        "mem_per_gpu",
+        "network",
+        "nice",
+        "nodelist",
+        "prefer",
+        "requeue",
+        "reservation",
+        "sockets_per_node",
+        "switches",
+        "threads_per_core",
         "wckey",
     }
-)  # fmt: skip
+)
 
 
 class ProfileError(ValueError):
@@ -313,7 +335,9 @@ def make_executor(
     if kind == "local":
         extra = {} if max_requeue is None else {"local_max_num_timeout": max_requeue}
         executor = submitit.AutoExecutor(folder, cluster="local", **extra)
-        executor.update_parameters(timeout_min=timeout_min, name=name, tasks_per_node=tasks_per_node or 1)
+        executor.update_parameters(
+            timeout_min=timeout_min, name=name, tasks_per_node=tasks_per_node or 1
+        )
         return executor
 
     profile = load_profile(profile_name)
@@ -405,7 +429,9 @@ def export_torch_distributed_env() -> bool:
         return False
     if job_env.num_tasks <= 1:
         return False
-    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    submitit.helpers.TorchDistributedEnvironment().export(
+        set_cuda_visible_devices=False, overwrite=True
+    )
     return True
 
 
@@ -425,7 +451,9 @@ class TrainJob(CheckpointableJob):
     resume: bool = False
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(dataclasses.replace(self, resume=True), *args, **kwargs)
+        return submitit.helpers.DelayedSubmission(
+            dataclasses.replace(self, resume=True), *args, **kwargs
+        )
 
     def __call__(self) -> dict | None:
         import json
@@ -443,9 +471,19 @@ class TrainJob(CheckpointableJob):
 
 STATES = ("queued", "running", "done", "failed")
 _QUEUED = {
-    "QUEUED", "PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "READY", "CONFIGURING",
-    "RESIZING", "SUSPENDED", "PREEMPTED", "UNKNOWN", "RESV_DEL_HOLD",
-}  # fmt: skip
+    "QUEUED",
+    "PENDING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "READY",
+    "CONFIGURING",
+    "RESIZING",
+    "SUSPENDED",
+    "PREEMPTED",
+    "UNKNOWN",
+    "RESV_DEL_HOLD",
+}
 _RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 
 
@@ -583,6 +621,11 @@ def register_hydra_launchers() -> list[str]:
         except ProfileError:
             continue
         node = SlurmQueueConf(**hydra_launcher_settings(profile))
-        store.store(group="hydra/launcher", name=f"{HYDRA_LAUNCHER_PREFIX}{name}", node=node, provider="singer")
+        store.store(
+            group="hydra/launcher",
+            name=f"{HYDRA_LAUNCHER_PREFIX}{name}",
+            node=node,
+            provider="singer",
+        )
         names.append(f"{HYDRA_LAUNCHER_PREFIX}{name}")
     return names

@@ -21,10 +21,17 @@ from singer.models.spec import count_parameters, get_model_spec
 def parameter_counts(model: nn.Module) -> dict:
     """``{"trainable": n, "total": n, "parts": {child: {"trainable": n, "total": n}}}``."""
     parts = {
-        name: {"trainable": count_parameters(child, trainable_only=True), "total": count_parameters(child)}
+        name: {
+            "trainable": count_parameters(child, trainable_only=True),
+            "total": count_parameters(child),
+        }
         for name, child in model.named_children()
     }
-    return {"trainable": count_parameters(model, trainable_only=True), "total": count_parameters(model), "parts": parts}
+    return {
+        "trainable": count_parameters(model, trainable_only=True),
+        "total": count_parameters(model),
+        "parts": parts,
+    }
 
 
 def count_for(overrides: Sequence[str]) -> dict:
@@ -37,15 +44,21 @@ def count_for(overrides: Sequence[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m singer.params", description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m singer.train")
+    parser = argparse.ArgumentParser(
+        prog="python -m singer.params", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, as for python -m singer.train"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     counts = count_for(args.overrides)
     if args.json:
         print(json.dumps(counts, indent=2))
         return 0
-    print(f"{counts['model']}: {counts['trainable']:,} trainable / {counts['total']:,} total parameters")
+    print(
+        f"{counts['model']}: {counts['trainable']:,} trainable / {counts['total']:,} total parameters"
+    )
     for name, part in counts["parts"].items():
         print(f"  {name:<16} {part['trainable']:>12,} trainable / {part['total']:>12,} total")
     return 0

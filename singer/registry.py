@@ -171,9 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m singer.registry", description="List every registered component, grouped by kind."
+        prog="python -m singer.registry",
+        description="List every registered component, grouped by kind.",
     )
-    parser.add_argument("kind", nargs="?", help="only this kind (frontend, backbone, codec, model, metric)")
+    parser.add_argument(
+        "kind", nargs="?", help="only this kind (frontend, backbone, codec, model, metric)"
+    )
     args = parser.parse_args(argv)
     regs = all_registries()
     if args.kind:

@@ -20,19 +20,40 @@ from rich.console import Console
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m singer.sweep", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m singer.sweep",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("sweep", help="the sweep file (YAML; format in sweeps/README.md)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the sweep in its output dir: finished trials stay, running ones are adopted")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the planned trials; launch nothing")
-    parser.add_argument("--launcher", help="debug | local | slurm:<profile> (overrides the file's launcher)")
-    parser.add_argument("--storage", help="Optuna storage: an RDB URL (postgresql+psycopg://..., sqlite:///...) or a "
-                        "journal file path (default: <out>/optuna.journal)")  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in its output dir: finished trials stay, running ones are adopted",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and print the planned trials; launch nothing",
+    )
+    parser.add_argument(
+        "--launcher", help="debug | local | slurm:<profile> (overrides the file's launcher)"
+    )
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage: an RDB URL (postgresql+psycopg://..., sqlite:///...) or a "
+        "journal file path (default: <out>/optuna.journal)",
+    )
     parser.add_argument("--out", help="output dir (default: sweeps_out/<name>)")
-    parser.add_argument("--max-trials", type=int, help="run at most this many trials (configurations)")
-    parser.add_argument("--poll", type=float, default=2.0, help="seconds between job status checks (default 2)")
-    parser.add_argument("--no-progress", action="store_true", help="no live progress bar (log lines only)")
+    parser.add_argument(
+        "--max-trials", type=int, help="run at most this many trials (configurations)"
+    )
+    parser.add_argument(
+        "--poll", type=float, default=2.0, help="seconds between job status checks (default 2)"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no live progress bar (log lines only)"
+    )
     return parser
 
 
@@ -65,9 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, stop)
-    driver = SweepDriver(spec, out_dir=args.out, storage=args.storage, launcher=args.launcher, resume=args.resume,
-                         max_trials=args.max_trials, poll_s=args.poll, console=console,
-                         progress=not args.no_progress)  # fmt: skip
+    driver = SweepDriver(
+        spec,
+        out_dir=args.out,
+        storage=args.storage,
+        launcher=args.launcher,
+        resume=args.resume,
+        max_trials=args.max_trials,
+        poll_s=args.poll,
+        console=console,
+        progress=not args.no_progress,
+    )
     try:
         driver.run()
     except SweepError as err:

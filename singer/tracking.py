@@ -22,9 +22,23 @@ from pathlib import Path
 from typing import Any
 
 TRACKED_PACKAGES = (
-    "torch", "torchaudio", "torchvision", "timm", "diffusers", "ptwt", "PyWavelets", "numpy",
-    "optuna", "mlflow", "submitit", "hydra-core", "decord", "av", "scikit-learn", "singer-harness",
-)  # fmt: skip
+    "torch",
+    "torchaudio",
+    "torchvision",
+    "timm",
+    "diffusers",
+    "ptwt",
+    "PyWavelets",
+    "numpy",
+    "optuna",
+    "mlflow",
+    "submitit",
+    "hydra-core",
+    "decord",
+    "av",
+    "scikit-learn",
+    "singer-harness",
+)
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on one param value
 
 
@@ -71,12 +85,18 @@ def git_commit() -> dict[str, str]:
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
     except (OSError, subprocess.SubprocessError):
         return {"git.commit": "unknown", "git.dirty": "unknown"}
@@ -223,14 +243,18 @@ def run_out_dir(run_id: str, uri: str | None = None) -> Path:
     Raises ``LookupError`` when the run does not exist in the store or has no such tag.
     """
     if not store_exists(uri):
-        raise LookupError(f"there is no MLflow store at {tracking_uri(uri)} "
-                          "(set MLFLOW_TRACKING_URI to the runs' store)")
+        raise LookupError(
+            f"there is no MLflow store at {tracking_uri(uri)} "
+            "(set MLFLOW_TRACKING_URI to the runs' store)"
+        )
     run = find_run(run_id, uri)
     if run is None:
         raise LookupError(f"no MLflow run '{run_id}' in {tracking_uri(uri)}")
     out_dir = run.data.tags.get("out_dir")
     if not out_dir:
-        raise LookupError(f"MLflow run '{run_id}' has no 'out_dir' tag (it was not started by the trainer)")
+        raise LookupError(
+            f"MLflow run '{run_id}' has no 'out_dir' tag (it was not started by the trainer)"
+        )
     return Path(out_dir)
 
 

@@ -84,13 +84,26 @@ class BatchStream:
     (``DistributedSampler``-style): B items, disjoint across ranks.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_batch: int = 0, *,
-                 rank: int = 0, world_size: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        start_batch: int = 0,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if num_items == 0:
             raise ValueError("the training split is empty")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size}")
-        self.num_items, self.batch_size, self.seed, self.start_batch = num_items, batch_size, seed, start_batch
+        self.num_items, self.batch_size, self.seed, self.start_batch = (
+            num_items,
+            batch_size,
+            seed,
+            start_batch,
+        )
         self.rank, self.world_size = rank, world_size
 
     def _epoch(self, epoch: int) -> list[int]:
@@ -145,13 +158,19 @@ def sdpa_context(name: str | None):
     """
     name = "auto" if name in (None, "", "auto") else str(name)
     if name not in SDPA_BACKENDS:
-        raise ValueError(f"trainer.attention must be one of {', '.join(SDPA_BACKENDS)}; got {name!r}")
+        raise ValueError(
+            f"trainer.attention must be one of {', '.join(SDPA_BACKENDS)}; got {name!r}"
+        )
     if name == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]  # fmt: skip
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[name]
     return sdpa_kernel([backend])
 
 
@@ -198,7 +217,9 @@ class _NoRun:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    return {
+        k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
+    }
 
 
 def _resize_batch(batch: dict, size: int) -> dict:
@@ -228,21 +249,37 @@ def build_datasets(cfg: DictConfig) -> tuple[Dataset, Dataset, Path]:
     else:
         synth = data.synth
         cache = ensure_synthsing(
-            data.root, clips=synth.clips, seconds=synth.seconds, kind=synth.kind, seed=synth.seed,
-            size=synth.size, fps=data.fps, sample_rate=data.sample_rate, clip_size=cfg.trainer.size,
-        )  # fmt: skip
+            data.root,
+            clips=synth.clips,
+            seconds=synth.seconds,
+            kind=synth.kind,
+            seed=synth.seed,
+            size=synth.size,
+            fps=data.fps,
+            sample_rate=data.sample_rate,
+            clip_size=cfg.trainer.size,
+        )
     kinds = list(data.kinds) if data.kinds else None
     common = dict(
-        num_frames=cfg.trainer.num_frames, motion_frames=max(1, cfg.model.get("motion_frames", 0)),
-        val_fraction=data.val_fraction, seed=cfg.data.get("split_seed", 0), kinds=kinds,
-    )  # fmt: skip
+        num_frames=cfg.trainer.num_frames,
+        motion_frames=max(1, cfg.model.get("motion_frames", 0)),
+        val_fraction=data.val_fraction,
+        seed=cfg.data.get("split_seed", 0),
+        kinds=kinds,
+    )
     train = ClipDataset(cache, split="train", **common)
     val = ClipDataset(cache, split="val", **common)
     return train, val, cache
 
 
-def write_sample_video(path: Path, generated: torch.Tensor, truth: torch.Tensor | None, audio: torch.Tensor,
-                       fps: float, sample_rate: int) -> Path:  # fmt: skip
+def write_sample_video(
+    path: Path,
+    generated: torch.Tensor,
+    truth: torch.Tensor | None,
+    audio: torch.Tensor,
+    fps: float,
+    sample_rate: int,
+) -> Path:
     """Write generated (and, beside it, ground-truth) frames 3×F×H×W in [-1, 1] with sound."""
     from singer.data.media import write_mp4
 
@@ -259,8 +296,14 @@ Reporter = Callable[[int, dict[str, float]], None]
 class Trainer:
     """Trains one ModelSpec from a composed config; ``fit()`` resumes when asked to."""
 
-    def __init__(self, cfg: DictConfig, out_dir: str | Path, *, reporter: Reporter | None = None,
-                 progress: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        cfg: DictConfig,
+        out_dir: str | Path,
+        *,
+        reporter: Reporter | None = None,
+        progress: bool = True,
+    ):
         self.cfg = cfg
         self.tc = cfg.trainer
         self.out_dir = Path(out_dir)
@@ -281,14 +324,20 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(int(tc.threads))
         if self.device.type == "cuda" and tc.get("tf32", True):
-            torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matmuls left outside autocast
+            torch.set_float32_matmul_precision(
+                "high"
+            )  # TF32 for the fp32 matmuls left outside autocast
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
         self.model = self.spec.build(self.cfg).to(self.device)
         if tc.get("channels_last", False):
             self.model.to(memory_format=torch.channels_last)  # 4-D (conv) weights only
         if tc.get("grad_checkpointing", False) and not enable_grad_checkpointing(self.model):
-            warnings.warn(f"trainer.grad_checkpointing=true, but no module of model '{self.cfg.model.name}' has "
-                          "set_grad_checkpointing(); training without it", RuntimeWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"trainer.grad_checkpointing=true, but no module of model '{self.cfg.model.name}' has "
+                "set_grad_checkpointing(); training without it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.ema = EMA(self.model, tc.ema_decay)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         fused = tc.get("fused_adamw", "auto")
@@ -297,7 +346,9 @@ class Trainer:
             trainable, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=fused
         )
         warmup = max(1, int(tc.warmup_steps))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup)
+        )
         gen_device = self.device if self.device.type == "cuda" else "cpu"
         self.noise_gen = torch.Generator(device=gen_device).manual_seed(
             distributed.rank_seed(self.cfg.seed + 1, env.rank)
@@ -307,7 +358,9 @@ class Trainer:
         self._compiled: torch.nn.Module | None = None
         if tc.get("compile", False):
             self._compile(compile_target(self.model))
-        self._forward = distributed.wrap(_LossModule(self.model, self.spec.loss), env, self.device, tc.get("ddp"))
+        self._forward = distributed.wrap(
+            _LossModule(self.model, self.spec.loss), env, self.device, tc.get("ddp")
+        )
         self.step = 0
         self.losses: list[float] = []
         self.initial_val_loss: float | None = None
@@ -322,16 +375,23 @@ class Trainer:
         cannot be traced by TorchDynamo. Compiling happens on the first call; :meth:`train_step`
         falls back to eager when it fails.
         """
-        options = {"mode": self.tc.get("compile_mode") or None, "backend": self.tc.get("compile_backend") or "inductor"}
+        options = {
+            "mode": self.tc.get("compile_mode") or None,
+            "backend": self.tc.get("compile_backend") or "inductor",
+        }
         if options["mode"] == "default":
             options["mode"] = None
         eager_names = set(self.tc.get("compile_eager_modules") or ())
-        self._eager_modules = [m for m in target.modules() if type(m).__name__ in eager_names and m is not target]
+        self._eager_modules = [
+            m for m in target.modules() if type(m).__name__ in eager_names and m is not target
+        ]
         try:
             for module in self._eager_modules:
                 module.forward = torch.compiler.disable(module.forward)
             target.forward = torch.compile(target.forward, **options)
-        except Exception as err:  # e.g. an unknown backend, or a platform torch.compile does not support
+        except (
+            Exception
+        ) as err:  # e.g. an unknown backend, or a platform torch.compile does not support
             self._compile_failed(target, err)
             return
         self._compiled = target
@@ -343,8 +403,11 @@ class Trainer:
         self._compiled = None
         self.compile_status = f"eager fallback: {type(err).__name__}: {err}"[:500]
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        warnings.warn(f"torch.compile failed, training continues eagerly: {type(err).__name__}: {first_line}",
-                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"torch.compile failed, training continues eagerly: {type(err).__name__}: {first_line}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def state_dict(self) -> dict:
         return {
@@ -363,8 +426,13 @@ class Trainer:
         }
 
     def _rng_state(self) -> dict:
-        return {"noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}  # fmt: skip
+        return {
+            "noise_gen": self.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda"
+            else None,
+        }
 
     def _set_rng_state(self, state: dict) -> None:
         self.noise_gen.set_state(state["noise_gen"])
@@ -378,7 +446,11 @@ class Trainer:
         Every rank calls this (the ranks' RNG states are gathered); rank 0 writes.
         """
         path = self.ckpt_dir / CHECKPOINT_NAME
-        rank_rng = distributed.gather_objects(self._rng_state(), self.dist_env) if self.dist_env.enabled else None
+        rank_rng = (
+            distributed.gather_objects(self._rng_state(), self.dist_env)
+            if self.dist_env.enabled
+            else None
+        )
         if self.dist_env.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             state = self.state_dict()
@@ -404,13 +476,19 @@ class Trainer:
         env, rank_rng = self.dist_env, state.get("rank_rng")
         saved_world = len(rank_rng) if rank_rng else 1
         if saved_world != env.world_size:
-            warnings.warn(f"checkpoint {path} was written by {saved_world} rank(s), this run has {env.world_size}: "
-                          "weights and optimizer state resume exactly; the data order and the random streams "
-                          "continue differently", RuntimeWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"checkpoint {path} was written by {saved_world} rank(s), this run has {env.world_size}: "
+                "weights and optimizer state resume exactly; the data order and the random streams "
+                "continue differently",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if rank_rng is not None and saved_world == env.world_size:
             self._set_rng_state(rank_rng[env.rank])
         elif env.enabled:  # fresh per-rank streams, derived from the step
-            self.noise_gen.manual_seed(distributed.rank_seed(self.cfg.seed + 1 + self.step, env.rank))
+            self.noise_gen.manual_seed(
+                distributed.rank_seed(self.cfg.seed + 1 + self.step, env.rank)
+            )
             torch.manual_seed(distributed.rank_seed(self.cfg.seed + self.step, env.rank))
         self.losses = [float(x) for x in state["losses"]]
         self.initial_val_loss = state["initial_val_loss"]
@@ -446,22 +524,35 @@ class Trainer:
         if self.run_id:
             return tracking.resume_run(self.run_id, tc.uri)
         run = tracking.start_run(
-            tc.experiment, run_name=tc.run_name or self.out_dir.name, tags=self._model_tags(),
-            parent_run_id=tc.get("parent_run_id"), uri=tc.uri,
-        )  # fmt: skip
+            tc.experiment,
+            run_name=tc.run_name or self.out_dir.name,
+            tags=self._model_tags(),
+            parent_run_id=tc.get("parent_run_id"),
+            uri=tc.uri,
+        )
         self.run_id = run.run_id
         run.log_params(flatten(to_container(self.cfg)))
-        run.log_params({"params.total": count_parameters(self.model),
-                        "params.trainable": count_parameters(self.model, trainable_only=True)})  # fmt: skip
+        run.log_params(
+            {
+                "params.total": count_parameters(self.model),
+                "params.trainable": count_parameters(self.model, trainable_only=True),
+            }
+        )
         run.log_dict(to_container(self.cfg), "config.json")
         run.set_tags({"out_dir": str(self.out_dir.resolve())})
         return run
 
     # loop ---------------------------------------------------------------------------------
-    def _loss(self, forward: Callable, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def _loss(
+        self, forward: Callable, batch: dict, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict]:
         """``forward(batch, generator) → (loss, logs)`` under autocast and the SDPA kernel choice."""
-        with sdpa_context(self.attention), torch.autocast(self.device.type, dtype=self.amp_dtype,
-                                                          enabled=self.amp_dtype is not None):  # fmt: skip
+        with (
+            sdpa_context(self.attention),
+            torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ),
+        ):
             return forward(batch, generator)
 
     def train_step(self, batch: dict) -> tuple[float, dict, torch.Tensor]:
@@ -506,13 +597,17 @@ class Trainer:
         ``val/loss`` is the training objective (min-SNR weighted); ``val/mse`` is unweighted,
         so it stays comparable across loss weightings (e.g. when a sweep varies γ).
         """
-        generator = torch.Generator(device=self.noise_gen.device).manual_seed(self.cfg.seed + 12_345)
+        generator = torch.Generator(device=self.noise_gen.device).manual_seed(
+            self.cfg.seed + 12_345
+        )
         losses, mses = [], []
         for i, batch in enumerate(val_loader):
             if i >= self.tc.val_batches:
                 break
             batch = _to_device(_resize_batch(batch, self.tc.size), self.device)
-            loss, logs = self._loss(lambda b, g: self.spec.loss(self.ema.model, b, g), batch, generator)
+            loss, logs = self._loss(
+                lambda b, g: self.spec.loss(self.ema.model, b, g), batch, generator
+            )
             losses.append(float(loss))
             mses.append(float(logs.get("mse", loss)))
         if not losses:
@@ -526,15 +621,28 @@ class Trainer:
 
         batch = _to_device(_resize_batch(default_collate([dataset[0]]), self.tc.size), self.device)
         generator = torch.Generator(device=self.noise_gen.device).manual_seed(self.cfg.seed + 777)
-        conditions = Conditions(audio=batch["audio"], ref=batch["ref"], num_frames=batch["video"].shape[2],
-                                motion=batch["motion"])  # fmt: skip
+        conditions = Conditions(
+            audio=batch["audio"],
+            ref=batch["ref"],
+            num_frames=batch["video"].shape[2],
+            motion=batch["motion"],
+        )
         video = self.spec.sample(
-            self.ema.model, conditions, steps=self.tc.sample_steps,
-            guidance_scale=self.cfg.model.sample.guidance_scale, generator=generator,
-        )  # fmt: skip
+            self.ema.model,
+            conditions,
+            steps=self.tc.sample_steps,
+            guidance_scale=self.cfg.model.sample.guidance_scale,
+            generator=generator,
+        )
         path = self.out_dir / "samples" / f"step{self.step:07d}.mp4"
-        write_sample_video(path, video[0], batch["video"][0], batch["audio"][0], self.cfg.data.fps,
-                           self.cfg.data.sample_rate)  # fmt: skip
+        write_sample_video(
+            path,
+            video[0],
+            batch["video"][0],
+            batch["audio"][0],
+            self.cfg.data.fps,
+            self.cfg.data.sample_rate,
+        )
         if run is not None:
             run.log_artifact(path, "samples")
         return path
@@ -570,12 +678,25 @@ class Trainer:
         run = self._open_run() if main else _NoRun()
         if resume_from is None:
             self.save_checkpoint()  # records the MLflow run id, so a kill before the first save still resumes it
-        stream = BatchStream(len(train_set), self.tc.batch_size, self.cfg.seed, start_batch=self.step,
-                             rank=env.rank, world_size=env.world_size)  # fmt: skip
+        stream = BatchStream(
+            len(train_set),
+            self.tc.batch_size,
+            self.cfg.seed,
+            start_batch=self.step,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
         workers = int(self.tc.num_workers)
-        loader = DataLoader(train_set, batch_sampler=stream, num_workers=workers, persistent_workers=workers > 0,
-                            pin_memory=self.device.type == "cuda")  # fmt: skip
-        val_loader = DataLoader(val_set, batch_size=self.tc.batch_size, shuffle=False, num_workers=0)
+        loader = DataLoader(
+            train_set,
+            batch_sampler=stream,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda",
+        )
+        val_loader = DataLoader(
+            val_set, batch_size=self.tc.batch_size, shuffle=False, num_workers=0
+        )
 
         if self.step == 0 and main:
             initial = self.validate(val_loader)
@@ -585,8 +706,13 @@ class Trainer:
 
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.tc.steps, initial=self.step, desc=f"train {self.cfg.model.name}",
-                   disable=not (self.progress and main), dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=self.tc.steps,
+            initial=self.step,
+            desc=f"train {self.cfg.model.name}",
+            disable=not (self.progress and main),
+            dynamic_ncols=True,
+        )
         self.model.train()
         last_loss, val_loss, val_metrics, metrics = float("nan"), None, {}, {}
         window: list[float] = []
@@ -608,9 +734,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{last_loss:.4f}")
 
                 if self.step % self.tc.log_every == 0 or self.step == self.tc.steps:
-                    metrics = {"train/loss": sum(window) / len(window), "train/lr": self.scheduler.get_last_lr()[0],
-                               "train/grad_norm": float(grad_norm),
-                               "train/steps_per_s": self.step / max(1e-9, time.perf_counter() - t_start)}  # fmt: skip
+                    metrics = {
+                        "train/loss": sum(window) / len(window),
+                        "train/lr": self.scheduler.get_last_lr()[0],
+                        "train/grad_norm": float(grad_norm),
+                        "train/steps_per_s": self.step / max(1e-9, time.perf_counter() - t_start),
+                    }
                     metrics.update({f"train/{k}": float(v) for k, v in logs.items()})
                     window.clear()
                     run.log_metrics(metrics, step=self.step)
@@ -621,8 +750,15 @@ class Trainer:
                         run.log_metrics(val_metrics, step=self.step)
                         bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{val_loss:.4f}")
                     if self.reporter is not None:
-                        self.reporter(self.step, {"val/loss": last_loss, "val/mse": last_loss, **val_metrics,
-                                                  "train/loss": last_loss})  # fmt: skip
+                        self.reporter(
+                            self.step,
+                            {
+                                "val/loss": last_loss,
+                                "val/mse": last_loss,
+                                **val_metrics,
+                                "train/loss": last_loss,
+                            },
+                        )
                 if self.step % self.tc.ckpt_every == 0 or self.step == self.tc.steps:
                     self.save_checkpoint()
             bar.close()
@@ -648,17 +784,31 @@ class Trainer:
             final["final/val_mse"] = val_metrics["val/mse"]
         run.log_metrics(final, step=self.step)
         run.end("FINISHED")
-        summary = {"step": self.step, "first_loss": first_loss, "final_loss": final_loss, "val_loss": val_loss,
-                   "initial_val_loss": self.initial_val_loss,
-                   "run_id": self.run_id, "cache": str(cache), "world_size": env.world_size}  # fmt: skip
+        summary = {
+            "step": self.step,
+            "first_loss": first_loss,
+            "final_loss": final_loss,
+            "val_loss": val_loss,
+            "initial_val_loss": self.initial_val_loss,
+            "run_id": self.run_id,
+            "cache": str(cache),
+            "world_size": env.world_size,
+        }
         if main:
             (self.out_dir / "result.json").write_text(json.dumps(summary, indent=2))
         return TrainResult(
-            step=self.step, out_dir=self.out_dir, checkpoint=self.ckpt_dir / CHECKPOINT_NAME,
-            first_loss=first_loss, final_loss=final_loss, val_loss=val_loss,
-            initial_val_loss=self.initial_val_loss, run_id=self.run_id,
-            losses=list(self.losses), metrics={**metrics, **final}, rank=env.rank,
-        )  # fmt: skip
+            step=self.step,
+            out_dir=self.out_dir,
+            checkpoint=self.ckpt_dir / CHECKPOINT_NAME,
+            first_loss=first_loss,
+            final_loss=final_loss,
+            val_loss=val_loss,
+            initial_val_loss=self.initial_val_loss,
+            run_id=self.run_id,
+            losses=list(self.losses),
+            metrics={**metrics, **final},
+            rank=env.rank,
+        )
 
 
 def train(cfg: DictConfig, out_dir: str | Path, **kwargs) -> TrainResult:

@@ -50,7 +50,12 @@ def check_wavelet(wavelet: str) -> str:
 
 def check_levels(levels: int, *, low: int = 1, high: int | None = None) -> int:
     """Return ``levels`` if it is an int in ``[low, high]``, else raise ``ValueError``."""
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < low or (high is not None and levels > high):
+    if (
+        isinstance(levels, bool)
+        or not isinstance(levels, int)
+        or levels < low
+        or (high is not None and levels > high)
+    ):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"wavelet levels must be an integer in {bound}, got {levels!r}")
     return levels
@@ -58,7 +63,9 @@ def check_levels(levels: int, *, low: int = 1, high: int | None = None) -> int:
 
 def check_mode(mode: str) -> str:
     if mode not in BOUNDARY_MODES:
-        raise ValueError(f"unknown wavelet boundary mode {mode!r}; choose one of {', '.join(BOUNDARY_MODES)}")
+        raise ValueError(
+            f"unknown wavelet boundary mode {mode!r}; choose one of {', '.join(BOUNDARY_MODES)}"
+        )
     return mode
 
 
@@ -72,7 +79,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def dwt1d(x: torch.Tensor, wavelet: str = "haar", levels: int = 1, mode: str = DEFAULT_MODE) -> Coeffs1d:
+def dwt1d(
+    x: torch.Tensor, wavelet: str = "haar", levels: int = 1, mode: str = DEFAULT_MODE
+) -> Coeffs1d:
     """Multi-level DWT along the last axis.
 
     Args:
@@ -92,7 +101,9 @@ def dwt1d(x: torch.Tensor, wavelet: str = "haar", levels: int = 1, mode: str = D
         return list(ptwt.wavedec(x, wavelet, mode=mode, level=levels, axis=-1))
 
 
-def idwt1d(coeffs: Sequence[torch.Tensor], wavelet: str = "haar", length: int | None = None) -> torch.Tensor:
+def idwt1d(
+    coeffs: Sequence[torch.Tensor], wavelet: str = "haar", length: int | None = None
+) -> torch.Tensor:
     """Inverse of :func:`dwt1d`: coefficients ``[cA_L, cD_L, ..., cD_1]`` → ``...×length``.
 
     The synthesis can be a few samples longer than the signal (odd lengths, long filters);
@@ -104,7 +115,9 @@ def idwt1d(coeffs: Sequence[torch.Tensor], wavelet: str = "haar", length: int | 
     return out[..., :length] if length is not None else out
 
 
-def dwt2d(x: torch.Tensor, wavelet: str = "haar", levels: int = 1, mode: str = DEFAULT_MODE) -> Coeffs2d:
+def dwt2d(
+    x: torch.Tensor, wavelet: str = "haar", levels: int = 1, mode: str = DEFAULT_MODE
+) -> Coeffs2d:
     """Multi-level 2-D DWT over the last two axes.
 
     Args:
@@ -122,10 +135,14 @@ def dwt2d(x: torch.Tensor, wavelet: str = "haar", levels: int = 1, mode: str = D
     return [coeffs[0]] + [tuple(detail) for detail in coeffs[1:]]
 
 
-def idwt2d(coeffs: Coeffs2d, wavelet: str = "haar", size: tuple[int, int] | None = None) -> torch.Tensor:
+def idwt2d(
+    coeffs: Coeffs2d, wavelet: str = "haar", size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Inverse of :func:`dwt2d`, cropped to ``size = (H, W)`` when given → ``...×H×W``."""
     check_wavelet(wavelet)
-    structured = [coeffs[0]] + [ptwt.constants.WaveletDetailTuple2d(*detail) for detail in coeffs[1:]]
+    structured = [coeffs[0]] + [
+        ptwt.constants.WaveletDetailTuple2d(*detail) for detail in coeffs[1:]
+    ]
     with _no_autocast(coeffs[0]):
         out = ptwt.waverec2(structured, wavelet, axes=(-2, -1))
     if size is not None:
@@ -149,7 +166,15 @@ def band_names_2d(levels: int) -> list[str]:
 class _SpectralFilter(nn.Module):
     """Shared parts of the 1-D and 2-D filters: gains, gate and the residual blend."""
 
-    def __init__(self, channels: int, levels: int, wavelet: str, gate: bool, num_bands: int, gate_conv: nn.Module):
+    def __init__(
+        self,
+        channels: int,
+        levels: int,
+        wavelet: str,
+        gate: bool,
+        num_bands: int,
+        gate_conv: nn.Module,
+    ):
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
@@ -184,7 +209,14 @@ class SpectralFilter1d(_SpectralFilter):
     def __init__(self, channels: int, levels: int = 2, wavelet: str = "haar", gate: bool = True):
         check_levels(levels)
         check_wavelet(wavelet)
-        super().__init__(channels, levels, wavelet, gate, levels + 1, nn.Conv1d(channels, channels, kernel_size=1))
+        super().__init__(
+            channels,
+            levels,
+            wavelet,
+            gate,
+            levels + 1,
+            nn.Conv1d(channels, channels, kernel_size=1),
+        )
 
     @property
     def band_names(self) -> list[str]:
@@ -220,7 +252,12 @@ class SpectralFilter2d(_SpectralFilter):
         check_levels(levels)
         check_wavelet(wavelet)
         super().__init__(
-            channels, levels, wavelet, gate, 1 + 3 * levels, nn.Conv2d(channels, channels, kernel_size=1)
+            channels,
+            levels,
+            wavelet,
+            gate,
+            1 + 3 * levels,
+            nn.Conv2d(channels, channels, kernel_size=1),
         )
 
     @property
@@ -243,7 +280,9 @@ class SpectralFilter2d(_SpectralFilter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"SpectralFilter2d expects N×{self.channels}×H×W, got {tuple(x.shape)}")
+            raise ValueError(
+                f"SpectralFilter2d expects N×{self.channels}×H×W, got {tuple(x.shape)}"
+            )
         dtype = x.dtype
         x = x.to(compute_dtype(dtype))
         out = self._blend(x, self.filtered(x))

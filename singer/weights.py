@@ -66,7 +66,9 @@ def resolve_weights(
     if path is None or str(path).strip() == "":
         problem = f"{name} is needed but no file was given (`{config_key}` is not set)."
     elif not Path(path).expanduser().is_file():
-        problem = f"{name} is needed but `{config_key}` points to {str(path)!r}, which is not a file."
+        problem = (
+            f"{name} is needed but `{config_key}` points to {str(path)!r}, which is not a file."
+        )
     else:
         problem = None
     if problem is not None:
@@ -119,5 +121,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+        raise ValueError(
+            f"{path} does not hold a state dict (a mapping of parameter names to tensors)"
+        )
     return dict(state)

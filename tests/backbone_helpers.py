@@ -18,7 +18,9 @@ def inputs(b=2, f=4, size=32, m=2, seed=1, c=3, audio_dim=12):
     return x, t, audio, ref, motion
 
 
-def perturb(model: torch.nn.Module, std: float = 0.1, seed: int = 123, skip=lambda name: False) -> None:
+def perturb(
+    model: torch.nn.Module, std: float = 0.1, seed: int = 123, skip=lambda name: False
+) -> None:
     """Move every weight off its init (zero-initialised ones included), except the skipped names."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 
 
-def check_generates_mp4(run_dir: Path, model_name: str, out_dir: Path, face: np.ndarray, *, tone_hz: float,
-                        seconds: float = 0.5):  # fmt: skip
+def check_generates_mp4(
+    run_dir: Path,
+    model_name: str,
+    out_dir: Path,
+    face: np.ndarray,
+    *,
+    tone_hz: float,
+    seconds: float = 0.5,
+):
     """Generate ``seconds`` of video (2 steps, seed 0) and check frames, streams and length.
 
     Returns ``(loaded model, audio waveform, number of frames)`` for model-specific checks.
@@ -22,7 +29,9 @@ def check_generates_mp4(run_dir: Path, model_name: str, out_dir: Path, face: np.
 
     loaded = load_model(run_dir, device="cpu")
     assert loaded.spec.name == model_name
-    audio = (0.2 * np.sin(2 * np.pi * tone_hz * np.arange(int(seconds * 16000)) / 16000)).astype(np.float32)
+    audio = (0.2 * np.sin(2 * np.pi * tone_hz * np.arange(int(seconds * 16000)) / 16000)).astype(
+        np.float32
+    )
     frames = generate_video(loaded, face, audio, steps=2, seed=0, progress=False)
     expected = round(seconds * loaded.fps)
     assert frames.shape == (expected, loaded.size, loaded.size, 3) and frames.dtype == np.uint8

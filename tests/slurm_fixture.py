@@ -66,14 +66,21 @@ def _start(tmp_path_factory) -> Path:
 
     state = tmp_path_factory.mktemp("slurm")
     # Free ports, so that a cluster someone else runs on the default ports does not clash.
-    names = ("SINGER_SLURM_CTLD_PORT", "SINGER_SLURM_SLURMD_PORT", "SINGER_SLURM_DBD_PORT", "SINGER_SLURM_DB_PORT")
+    names = (
+        "SINGER_SLURM_CTLD_PORT",
+        "SINGER_SLURM_SLURMD_PORT",
+        "SINGER_SLURM_DBD_PORT",
+        "SINGER_SLURM_DB_PORT",
+    )
     env = dict(os.environ, **dict(zip(names, map(str, _free_ports(len(names))))))
     start = subprocess.run(
         ["bash", str(LOCAL / "start.sh"), str(state)], env=env, capture_output=True, text=True
     )
     if start.returncode != 0:  # installed but not starting: a real failure, never a skip
         subprocess.run(["bash", str(LOCAL / "stop.sh"), str(state)], check=False)
-        pytest.fail(f"slurm/local/start.sh failed (rc={start.returncode}):\n{start.stdout}{start.stderr}")
+        pytest.fail(
+            f"slurm/local/start.sh failed (rc={start.returncode}):\n{start.stdout}{start.stderr}"
+        )
     return state
 
 

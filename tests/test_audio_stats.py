@@ -39,7 +39,9 @@ def test_pitch_tracker_on_known_tones():
     vibrato = 220.0 * 2 ** (50 * np.sin(2 * np.pi * 6 * t) / 1200)
     steps = np.where(t < 0.5, 220.0, 262.0)
     with_vibrato = A.clip_audio_stats(_tone(vibrato), SR)
-    plain = A.clip_audio_stats(_tone(steps) + 1e-3 * np.random.default_rng(0).standard_normal(SR), SR)
+    plain = A.clip_audio_stats(
+        _tone(steps) + 1e-3 * np.random.default_rng(0).standard_normal(SR), SR
+    )
     assert with_vibrato["vibrato_energy"] > 0.8
     assert plain["vibrato_energy"] < with_vibrato["vibrato_energy"] - 0.4
 
@@ -59,7 +61,9 @@ def test_loudness_range_and_centroid_on_known_signals():
 def test_tracker_follows_synth_truth(synth_dir):
     records = [json.loads(line) for line in (synth_dir / "meta.jsonl").read_text().splitlines()]
     for record in records[:2]:
-        wave = A.read_audio(synth_dir / record["file"], seconds=record["num_frames"] / record["fps"])
+        wave = A.read_audio(
+            synth_dir / record["file"], seconds=record["num_frames"] / record["fps"]
+        )
         assert len(wave) == record["num_samples"]
         track = A.track_pitch(wave, SR)
         # Truth is per video frame (40 ms); the tracker hops 10 ms: compare at frame centres.
@@ -79,7 +83,9 @@ def test_singing_and_talking_separate(synth_dir, tmp_path):
     medians = df.groupby("label")[list(A.STATS)].median()
     assert medians.loc["singing", "vibrato_energy"] > medians.loc["talking", "vibrato_energy"] + 0.2
     assert medians.loc["singing", "loudness_range_db"] > medians.loc["talking", "loudness_range_db"]
-    assert medians.loc["singing", "median_pitch_hz"] > 1.5 * medians.loc["talking", "median_pitch_hz"]
+    assert (
+        medians.loc["singing", "median_pitch_hz"] > 1.5 * medians.loc["talking", "median_pitch_hz"]
+    )
     summary = (out / "audio_stats_summary.md").read_text()
     assert "| singing | 4 |" in summary and "| talking | 4 |" in summary
     png = (out / "audio_stats.png").read_bytes()
@@ -92,7 +98,10 @@ def test_plain_media_folders_are_labelled_by_name_or_label(synth_dir, tmp_path):
     for name in ("clip00000.mp4", "clip00002.mp4"):
         shutil.copy(synth_dir / "clips" / name, songs / name)
     items = A.dataset_items(songs)
-    assert [(p.name, label, seconds) for p, label, seconds in items] == [("clip00000.mp4", "songs", None), ("clip00002.mp4", "songs", None)]
+    assert [(p.name, label, seconds) for p, label, seconds in items] == [
+        ("clip00000.mp4", "songs", None),
+        ("clip00002.mp4", "songs", None),
+    ]
     df = A.run([songs, synth_dir], tmp_path / "out", labels=["mine"], progress=False)
     assert (df["label"] == "mine").sum() == 2
     assert set(df["label"]) == {"mine", "singing", "talking"}

@@ -67,7 +67,9 @@ def test_bandpass_keeps_only_its_band_and_filters_are_zero_phase(sweep_tone):
     # torch in, torch out, batch axis kept
     batch = torch.from_numpy(np.stack([tone, tone])).float()
     stopped = bandstop(batch, 1000.0, 2000.0, SR)
-    assert torch.is_tensor(stopped) and stopped.shape == batch.shape and stopped.dtype == torch.float32
+    assert (
+        torch.is_tensor(stopped) and stopped.shape == batch.shape and stopped.dtype == torch.float32
+    )
     assert stopped[:, middle].abs().max() < 0.01
 
 
@@ -131,8 +133,12 @@ def sample_listens_to_1k_2k(model, conditions, *, steps, guidance_scale, generat
 
 @pytest.fixture(scope="module")
 def tiny_cfg(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "eval-synthsing"  # shared with the other evaluation tests
-    return compose(["trainer=cpu_tiny", "data.synth.clips=6", "data.synth.seconds=2.0", f"data.root={root}"])
+    root = (
+        tmp_path_factory.getbasetemp() / "eval-synthsing"
+    )  # shared with the other evaluation tests
+    return compose(
+        ["trainer=cpu_tiny", "data.synth.clips=6", "data.synth.seconds=2.0", f"data.root={root}"]
+    )
 
 
 def _loaded(cfg, sample):
@@ -149,8 +155,13 @@ def _table(rows):
 
 def test_a_model_that_ignores_audio_has_zero_sensitivity(tiny_cfg, toy_metric, tmp_path):
     protocol = EvalProtocol(metrics=[toy_metric], **PROTOCOL)
-    result = evaluate_loaded(_loaded(tiny_cfg, sample_audio_blind), protocol=protocol, split="all",
-                             bands=True, progress=False)  # fmt: skip
+    result = evaluate_loaded(
+        _loaded(tiny_cfg, sample_audio_blind),
+        protocol=protocol,
+        split="all",
+        bands=True,
+        progress=False,
+    )
     rows = result.bands
     targets = {r["target"] for r in rows}
     assert {"pixel_l1", "test_l1", "cue/mouth_open", "cue/brow"} <= targets
@@ -169,8 +180,13 @@ def test_a_model_that_ignores_audio_has_zero_sensitivity(tiny_cfg, toy_metric, t
 
 def test_sensitivity_points_at_the_band_the_model_listens_to(tiny_cfg, toy_metric):
     protocol = EvalProtocol(metrics=[toy_metric], **PROTOCOL)
-    result = evaluate_loaded(_loaded(tiny_cfg, sample_listens_to_1k_2k), protocol=protocol, split="all",
-                             bands=True, progress=False)  # fmt: skip
+    result = evaluate_loaded(
+        _loaded(tiny_cfg, sample_listens_to_1k_2k),
+        protocol=protocol,
+        split="all",
+        bands=True,
+        progress=False,
+    )
     table = _table(result.bands)
     pixel = {lo_hi: table[(band_label(*lo_hi), "pixel_l1")] for lo_hi in BANDS}
     target = pixel[(1000.0, 2000.0)]

@@ -13,8 +13,15 @@ from singer.models import count_parameters, get_model_spec
 from singer.registry import MODELS
 from singer.trainer import train
 
-TINY = ["trainer=cpu_tiny", "trainer.sample_at_end=false", "trainer.threads=2", "data.synth.clips=6",
-        "data.synth.seconds=2.0", "backbone.channels=[16,32,64]", "trainer.num_frames=4"]  # fmt: skip
+TINY = [
+    "trainer=cpu_tiny",
+    "trainer.sample_at_end=false",
+    "trainer.threads=2",
+    "data.synth.clips=6",
+    "data.synth.seconds=2.0",
+    "backbone.channels=[16,32,64]",
+    "trainer.num_frames=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +30,13 @@ def data_root(tmp_path_factory):
 
 
 def overrides(data_root, *extra):
-    return [*TINY, f"data.root={data_root}", "model=aniportrait", "tracking.experiment=t-aniportrait", *extra]
+    return [
+        *TINY,
+        f"data.root={data_root}",
+        "model=aniportrait",
+        "tracking.experiment=t-aniportrait",
+        *extra,
+    ]
 
 
 def test_builds_by_name_and_matches_singer_size(data_root):
@@ -31,8 +44,13 @@ def test_builds_by_name_and_matches_singer_size(data_root):
     cfg = compose(overrides(data_root))
     model = get_model_spec("aniportrait").build(cfg)
     singer = get_model_spec("singer").build(compose([*TINY, f"data.root={data_root}"]))
-    ours, theirs = count_parameters(model, trainable_only=True), count_parameters(singer, trainable_only=True)
-    print(f"aniportrait trainable params {ours:,} (total {count_parameters(model):,}); singer {theirs:,}")
+    ours, theirs = (
+        count_parameters(model, trainable_only=True),
+        count_parameters(singer, trainable_only=True),
+    )
+    print(
+        f"aniportrait trainable params {ours:,} (total {count_parameters(model):,}); singer {theirs:,}"
+    )
     assert abs(ours / theirs - 1) <= 0.2
     assert model.backbone.in_channels == 6 and model.backbone.out_channels == 3
     assert not model.backbone.audio_attention
@@ -54,8 +72,12 @@ def test_motion_image_moves_with_the_cues():
         return float((m * xs).sum() / m.sum() / size), float((m * ys).sum() / m.sum() / size)
 
     mouth_x, mouth_y = centre(maps[0, 0])
-    assert mouth_x == pytest.approx(S.REST_X, abs=0.01) and mouth_y == pytest.approx(S.REST_Y + S.MOUTH_Y, abs=0.01)
-    assert centre(maps[0, 1])[0] - mouth_x == pytest.approx(S.SWAY_AMP, abs=0.01)  # head sway moves the mouth
+    assert mouth_x == pytest.approx(S.REST_X, abs=0.01) and mouth_y == pytest.approx(
+        S.REST_Y + S.MOUTH_Y, abs=0.01
+    )
+    assert centre(maps[0, 1])[0] - mouth_x == pytest.approx(
+        S.SWAY_AMP, abs=0.01
+    )  # head sway moves the mouth
     assert maps[0, 2].sum() > 1.5 * maps[0, 0].sum()  # an open mouth is a bigger blob
     assert centre(maps[2, 2])[1] < centre(maps[2, 0])[1] - 0.5 * S.BROW_AMP  # raised brows
 
@@ -86,24 +108,47 @@ def test_face_box_trajectory_targets():
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("aniportrait-run")
-    return train(compose(overrides(data_root, "trainer.steps=30", "trainer.val_every=30")), out, progress=False)
+    return train(
+        compose(overrides(data_root, "trainer.steps=30", "trainer.val_every=30")),
+        out,
+        progress=False,
+    )
 
 
 def test_joint_training_smoke_loss_decreases(trained):
     assert trained.step == 30 and all(np.isfinite(trained.losses))
-    assert trained.val_loss < 0.85 * trained.initial_val_loss, (trained.initial_val_loss, trained.val_loss)
+    assert trained.val_loss < 0.85 * trained.initial_val_loss, (
+        trained.initial_val_loss,
+        trained.val_loss,
+    )
     assert trained.final_loss < trained.first_loss
 
 
 def test_stages_train_separately_and_hand_over_by_checkpoint(data_root, tmp_path):
-    stage1 = train(compose(overrides(data_root, "model.stage=audio2motion", "trainer.steps=3", "trainer.val_every=3")),
-                   tmp_path / "a2m", progress=False)  # fmt: skip
+    stage1 = train(
+        compose(
+            overrides(
+                data_root, "model.stage=audio2motion", "trainer.steps=3", "trainer.val_every=3"
+            )
+        ),
+        tmp_path / "a2m",
+        progress=False,
+    )
     s1 = torch.load(stage1.checkpoint, weights_only=True)
     before = get_model_spec("aniportrait").build(compose(overrides(data_root))).state_dict()
     # stage 1 trained only the audio-to-motion part
-    assert any(not torch.equal(s1["model"][k], before[k]) for k in before if k.startswith("audio2motion."))
-    cfg2 = compose(overrides(data_root, "model.stage=motion2video", f"model.checkpoints.audio2motion={stage1.out_dir}",
-                             "trainer.steps=3", "trainer.val_every=3"))  # fmt: skip
+    assert any(
+        not torch.equal(s1["model"][k], before[k]) for k in before if k.startswith("audio2motion.")
+    )
+    cfg2 = compose(
+        overrides(
+            data_root,
+            "model.stage=motion2video",
+            f"model.checkpoints.audio2motion={stage1.out_dir}",
+            "trainer.steps=3",
+            "trainer.val_every=3",
+        )
+    )
     model2 = get_model_spec("aniportrait").build(cfg2)
     assert not any(p.requires_grad for p in model2.audio2motion.parameters())
     stage2 = train(cfg2, tmp_path / "m2v", progress=False)
@@ -113,13 +158,22 @@ def test_stages_train_separately_and_hand_over_by_checkpoint(data_root, tmp_path
             assert torch.equal(value, s1["ema"][key]), key
     assert any(not torch.equal(s2[k], s1["model"][k]) for k in s2 if k.startswith("backbone."))
     with pytest.raises(FileNotFoundError, match="model.checkpoints.audio2motion"):
-        get_model_spec("aniportrait").build(compose(overrides(
-            data_root, "model.stage=motion2video", f"model.checkpoints.audio2motion={tmp_path / 'missing'}")))
+        get_model_spec("aniportrait").build(
+            compose(
+                overrides(
+                    data_root,
+                    "model.stage=motion2video",
+                    f"model.checkpoints.audio2motion={tmp_path / 'missing'}",
+                )
+            )
+        )
 
 
 def test_generation_writes_valid_mp4(trained, tmp_path):
     face = np.random.default_rng(1).integers(0, 255, (50, 36, 3), dtype=np.uint8)
-    loaded, audio, expected = check_generates_mp4(trained.out_dir, "aniportrait", tmp_path, face, tone_hz=330)
+    loaded, audio, expected = check_generates_mp4(
+        trained.out_dir, "aniportrait", tmp_path, face, tone_hz=330
+    )
     # stage 1 at test time: motion follows the audio's length, in valid ranges
     motion = loaded.model.predict_motion(torch.from_numpy(audio)[None], expected)
     assert motion.shape == (1, expected, len(S.CUES)) and motion.min() >= -1 and motion.max() <= 1

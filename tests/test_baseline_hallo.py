@@ -13,8 +13,15 @@ from singer.models import count_parameters, get_model_spec
 from singer.registry import MODELS
 from singer.trainer import train
 
-TINY = ["trainer=cpu_tiny", "trainer.sample_at_end=false", "trainer.threads=2", "data.synth.clips=6",
-        "data.synth.seconds=2.0", "backbone.channels=[16,32,64]", "trainer.num_frames=4"]  # fmt: skip
+TINY = [
+    "trainer=cpu_tiny",
+    "trainer.sample_at_end=false",
+    "trainer.threads=2",
+    "data.synth.clips=6",
+    "data.synth.seconds=2.0",
+    "backbone.channels=[16,32,64]",
+    "trainer.num_frames=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +36,15 @@ def overrides(data_root, *extra):
 def test_builds_by_name_and_matches_singer_size(data_root):
     assert "hallo" in MODELS.names()
     cfg = compose(overrides(data_root))
-    assert cfg.frontend.name == "wav2vec2" and cfg.frontend.tokens == 32 and cfg.frontend.window == 2
+    assert (
+        cfg.frontend.name == "wav2vec2" and cfg.frontend.tokens == 32 and cfg.frontend.window == 2
+    )
     model = get_model_spec("hallo").build(cfg)
     singer = get_model_spec("singer").build(compose([*TINY, f"data.root={data_root}"]))
-    ours, theirs = count_parameters(model, trainable_only=True), count_parameters(singer, trainable_only=True)
+    ours, theirs = (
+        count_parameters(model, trainable_only=True),
+        count_parameters(singer, trainable_only=True),
+    )
     print(f"hallo trainable params {ours:,} (total {count_parameters(model):,}); singer {theirs:,}")
     assert abs(ours / theirs - 1) <= 0.2
     assert model.geometry == "synthsing" and model.backbone.audio_regions == len(REGIONS)
@@ -80,25 +92,41 @@ def test_region_weighted_loss_reduces_to_the_plain_loss():
     def denoise(x_t, t):
         return x_t * 0.5
 
-    plain, plain_logs = model.diffusion.training_loss(denoise, x0, generator=torch.Generator().manual_seed(0))
+    plain, plain_logs = model.diffusion.training_loss(
+        denoise, x0, generator=torch.Generator().manual_seed(0)
+    )
     ones = torch.ones(2, 1, 4, 32, 32)
-    same, logs = region_weighted_loss(model.diffusion, denoise, x0, ones, generator=torch.Generator().manual_seed(0))
+    same, logs = region_weighted_loss(
+        model.diffusion, denoise, x0, ones, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(same, plain)
     assert logs["mse"] == pytest.approx(plain_logs["mse"])
-    heavier, _ = region_weighted_loss(model.diffusion, denoise, x0, ones * 3, generator=torch.Generator().manual_seed(0))
+    heavier, _ = region_weighted_loss(
+        model.diffusion, denoise, x0, ones * 3, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(heavier, 3 * plain)
 
 
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("hallo-run")
-    cfg = compose(overrides(data_root, "trainer.steps=30", "trainer.val_every=30", "model.regions.loss_weights=[1.0,0.5,0.0]"))
+    cfg = compose(
+        overrides(
+            data_root,
+            "trainer.steps=30",
+            "trainer.val_every=30",
+            "model.regions.loss_weights=[1.0,0.5,0.0]",
+        )
+    )
     return train(cfg, out, progress=False)
 
 
 def test_training_smoke_loss_decreases(trained):
     assert trained.step == 30 and all(np.isfinite(trained.losses))
-    assert trained.val_loss < 0.85 * trained.initial_val_loss, (trained.initial_val_loss, trained.val_loss)
+    assert trained.val_loss < 0.85 * trained.initial_val_loss, (
+        trained.initial_val_loss,
+        trained.val_loss,
+    )
     assert trained.final_loss < trained.first_loss
     state = torch.load(trained.checkpoint, weights_only=True)["model"]
     learned = [v for k, v in state.items() if k.endswith("audio_region_weights")]

@@ -24,7 +24,9 @@ def test_baselines_sweep_validates_and_covers_every_baseline(spec):
     assert len(spec.seeds) >= 2 and spec.evaluate is not None
     space = {p.key: p for p in spec.space}
     models = list(space["model"].values)
-    assert set(models) == set(MODELS.names()) - AUXILIARY, "a registered baseline is missing from the sweep"
+    assert set(models) == set(MODELS.names()) - AUXILIARY, (
+        "a registered baseline is missing from the sweep"
+    )
     assert models[0] == "singer"
     assert set(space["data.synth.kind"].values) == {"singing", "talking"}
     assert [o.metric for o in spec.objectives] == ["eval/ssim"]
@@ -35,10 +37,14 @@ def test_baselines_are_matched_in_size(spec, tmp_path):
     counts = {m: count_for([*base, f"model={m}"])["trainable"] for m in spec.space[0].values}
     reference = counts["singer"]
     off = {m: round(n / reference, 3) for m, n in counts.items() if abs(n / reference - 1) > 0.2}
-    assert not off, f"trainable parameters outside ±20 % of SINGER's {reference:,}: {off} ({counts})"
+    assert not off, (
+        f"trainable parameters outside ±20 % of SINGER's {reference:,}: {off} ({counts})"
+    )
 
 
 def test_parameter_count_command(capsys, tmp_path):
-    assert main(["model=talking_singer", "backbone.channels=[8,16,32]", f"data.root={tmp_path}"]) == 0
+    assert (
+        main(["model=talking_singer", "backbone.channels=[8,16,32]", f"data.root={tmp_path}"]) == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("talking_singer: ") and "trainable" in out and "backbone" in out

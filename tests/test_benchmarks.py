@@ -18,8 +18,12 @@ TINY_TIMING = ["--device", "cpu", "--warmup", "0", "--repeats", "1", "--threads"
 
 def run(tmp_path: Path, script: str, *args: str) -> tuple[dict, subprocess.CompletedProcess]:
     out = tmp_path / f"{script}.json"
-    proc = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), *args, "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{script}.py"), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["benchmark"] == script
@@ -37,14 +41,31 @@ def assert_machine(result: dict) -> None:
 
 @pytest.mark.slow
 def test_bench_frontends(tmp_path):
-    result, proc = run(tmp_path, "bench_frontends", *TINY_TIMING, "--variants", "mel,msm+sfm",
-                       "--batch", "1", "--frames", "2", "--size", "16")  # fmt: skip
+    result, proc = run(
+        tmp_path,
+        "bench_frontends",
+        *TINY_TIMING,
+        "--variants",
+        "mel,msm+sfm",
+        "--batch",
+        "1",
+        "--frames",
+        "2",
+        "--size",
+        "16",
+    )
     assert_printed_json_and_table(proc, "bench_frontends")
     assert_machine(result)
     assert result["status"] == "ok" and result["memory_kind"] == "saved_activations"
     assert set(result["variants"]) == {"mel", "msm+sfm"}
     for entry in result["variants"].values():
-        assert {"step_s", "step_ratio_to_mel", "memory_bytes", "memory_ratio_to_mel", "params"} <= entry.keys()
+        assert {
+            "step_s",
+            "step_ratio_to_mel",
+            "memory_bytes",
+            "memory_ratio_to_mel",
+            "params",
+        } <= entry.keys()
         assert entry["memory_bytes"] > 0
     assert result["variants"]["mel"]["step_ratio_to_mel"] == 1.0
     assert "msm_sfm_step_ratio_to_mel" in result
@@ -52,8 +73,19 @@ def test_bench_frontends(tmp_path):
 
 @pytest.mark.slow
 def test_bench_trainer(tmp_path):
-    result, proc = run(tmp_path, "bench_trainer", *TINY_TIMING, "--frontend", "mel", "--batch", "1",
-                       "--frames", "2", "--size", "16")  # fmt: skip
+    result, proc = run(
+        tmp_path,
+        "bench_trainer",
+        *TINY_TIMING,
+        "--frontend",
+        "mel",
+        "--batch",
+        "1",
+        "--frames",
+        "2",
+        "--size",
+        "16",
+    )
     assert_printed_json_and_table(proc, "bench_trainer")
     assert_machine(result)
     assert {"harness_step_s", "bare_step_s", "ratio", "spread", "times_s"} <= result.keys()
@@ -62,23 +94,56 @@ def test_bench_trainer(tmp_path):
 
 @pytest.mark.slow
 def test_bench_data(tmp_path):
-    result, proc = run(tmp_path, "bench_data", *TINY_TIMING, "--frontend", "mel", "--batch", "1", "--frames", "2",
-                       "--size", "16", "--batches", "1", "--clips", "2", "--seconds", "1.0",
-                       "--data-root", str(tmp_path / "data"))  # fmt: skip
+    result, proc = run(
+        tmp_path,
+        "bench_data",
+        *TINY_TIMING,
+        "--frontend",
+        "mel",
+        "--batch",
+        "1",
+        "--frames",
+        "2",
+        "--size",
+        "16",
+        "--batches",
+        "1",
+        "--clips",
+        "2",
+        "--seconds",
+        "1.0",
+        "--data-root",
+        str(tmp_path / "data"),
+    )
     assert_printed_json_and_table(proc, "bench_data")
     assert_machine(result)
     assert {"batches_per_s", "clips_per_s"} <= result["loader"].keys()
     assert "steps_per_s" in result["trainer"] and result["loader_over_consumption"] > 0
     decode = result["decode"]
     assert decode["files"] == 2
-    assert decode["decord"]["frames"] == decode["pyav"]["frames"] > 0  # the same frames from both decoders
+    assert (
+        decode["decord"]["frames"] == decode["pyav"]["frames"] > 0
+    )  # the same frames from both decoders
     assert "decord_over_pyav" in decode
 
 
 @pytest.mark.slow
 def test_bench_generate_skips_a_missing_backbone(tmp_path):
-    result, proc = run(tmp_path, "bench_generate", *TINY_TIMING, "--backbones", "unet3d,no_such_backbone",
-                       "--frontend", "mel", "--size", "16", "--frames", "2", "--steps", "2")  # fmt: skip
+    result, proc = run(
+        tmp_path,
+        "bench_generate",
+        *TINY_TIMING,
+        "--backbones",
+        "unet3d,no_such_backbone",
+        "--frontend",
+        "mel",
+        "--size",
+        "16",
+        "--frames",
+        "2",
+        "--steps",
+        "2",
+    )
     assert_printed_json_and_table(proc, "bench_generate")
     assert_machine(result)
     unet = result["backbones"]["unet3d"]
@@ -99,8 +164,12 @@ def test_unregistered_backbone_is_reported_as_skipped(tmp_path, script):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
 def test_bench_mfu_without_cuda_exits_cleanly(tmp_path):
     out = tmp_path / "mfu.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_mfu.py"), "--json", str(out)], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_mfu.py"), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CUDA is not available" in proc.stderr and "needs a GPU" in proc.stderr
     assert json.loads(out.read_text())["status"] == "skipped"
@@ -109,8 +178,21 @@ def test_bench_mfu_without_cuda_exits_cleanly(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["dit", "unet3d"])
 def test_bench_mfu_cpu_dry_run_counts_flops(tmp_path, backbone):
-    result, proc = run(tmp_path, "bench_mfu", *TINY_TIMING, "--backbone", backbone, "--peak-tflops", "1",
-                       "--batch", "1", "--frames", "2", "--latent", "8")  # fmt: skip
+    result, proc = run(
+        tmp_path,
+        "bench_mfu",
+        *TINY_TIMING,
+        "--backbone",
+        backbone,
+        "--peak-tflops",
+        "1",
+        "--batch",
+        "1",
+        "--frames",
+        "2",
+        "--latent",
+        "8",
+    )
     assert_printed_json_and_table(proc, "bench_mfu")
     assert {"flops_per_step", "step_s", "achieved_tflops", "peak_tflops", "mfu"} <= result.keys()
     assert result["flops_per_step"] > 0 and result["dry_run"] is True

@@ -12,7 +12,12 @@ from singer.registry import CODECS
 from singer.trainer import train
 from singer.weights import MissingWeightsError, WeightsChecksumError, sha256_file
 
-FAST = ["trainer=cpu_tiny", "trainer.sample_at_end=false", "data.synth.clips=6", "data.synth.seconds=2.0"]
+FAST = [
+    "trainer=cpu_tiny",
+    "trainer.sample_at_end=false",
+    "data.synth.clips=6",
+    "data.synth.seconds=2.0",
+]
 
 
 def video(b=2, f=3, h=32, w=32, seed=0):
@@ -70,13 +75,19 @@ def vae_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=4, latent_channels=4,
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
         sample_size=32,
-    )  # fmt: skip
+    )
     path = tmp_path_factory.mktemp("weights") / "sd-vae"
     vae.save_pretrained(path)
-    assert (path / "config.json").is_file() and (path / "diffusion_pytorch_model.safetensors").is_file()
+    assert (path / "config.json").is_file() and (
+        path / "diffusion_pytorch_model.safetensors"
+    ).is_file()
     return path
 
 
@@ -100,8 +111,14 @@ def test_sd_vae_missing_folder_and_wrong_checksum(vae_dir, tmp_path):
     with pytest.raises(MissingWeightsError) as info:
         CODECS.build("sd_vae", path=str(tmp_path / "nowhere"))
     text = str(info.value)
-    for part in ("codec=sd_vae", "nowhere", "config.json", "diffusion_pytorch_model.safetensors", "codec.path",
-                 "AutoencoderKL"):  # fmt: skip
+    for part in (
+        "codec=sd_vae",
+        "nowhere",
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "codec.path",
+        "AutoencoderKL",
+    ):
         assert part in text, part
     assert "weights/sd-vae" in str(compose(["codec=sd_vae"]).codec.path)
     with pytest.raises(WeightsChecksumError, match="codec.sha256"):
@@ -109,8 +126,17 @@ def test_sd_vae_missing_folder_and_wrong_checksum(vae_dir, tmp_path):
 
 
 def test_singer_trains_in_sd_vae_latents(vae_dir, data_root, tmp_path):
-    cfg = compose([*FAST, f"data.root={data_root}", "codec=sd_vae", f"codec.path={vae_dir}", "frontend=mel",
-                   "trainer.steps=2", "trainer.val_every=2"])  # fmt: skip
+    cfg = compose(
+        [
+            *FAST,
+            f"data.root={data_root}",
+            "codec=sd_vae",
+            f"codec.path={vae_dir}",
+            "frontend=mel",
+            "trainer.steps=2",
+            "trainer.val_every=2",
+        ]
+    )
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.step == 2 and all(np.isfinite(result.losses))
 
@@ -121,8 +147,15 @@ def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("synthsing")
 
 
-AE_ARGS = ["model=autoencoder", "model.base_channels=16", "model.max_channels=32", "trainer.steps=40",
-           "trainer.val_every=40", "trainer.ckpt_every=40", "trainer.warmup_steps=5"]  # fmt: skip
+AE_ARGS = [
+    "model=autoencoder",
+    "model.base_channels=16",
+    "model.max_channels=32",
+    "trainer.steps=40",
+    "trainer.val_every=40",
+    "trainer.ckpt_every=40",
+    "trainer.warmup_steps=5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +195,10 @@ def test_trained_autoencoder_loads_as_frozen_codec(ae_run, data_root):
     x = torch.stack([train_set[i]["video"] for i in range(4)])
     z = codec.encode(x)
     assert z.shape == (4, 4, x.shape[2], 8, 8)
-    assert 0.5 < float(z.std()) < 2.0 and abs(float(z.mean())) < 0.5, (float(z.mean()), float(z.std()))
+    assert 0.5 < float(z.std()) < 2.0 and abs(float(z.mean())) < 0.5, (
+        float(z.mean()),
+        float(z.std()),
+    )
     recon = codec.decode(z)
     assert recon.shape == x.shape
     assert float((recon - x).pow(2).mean()) < 0.5 * float(x.var())
@@ -172,8 +208,17 @@ def test_singer_trains_in_tiny_ae_latents_and_generates(ae_run, data_root, tmp_p
     from singer.inference import generate_video, load_model
 
     _, ae = ae_run
-    cfg = compose([*FAST, f"data.root={data_root}", "codec=tiny_ae", f"codec.checkpoint={ae.out_dir}",
-                   "trainer.steps=3", "trainer.val_every=3", "model.sample.steps=2"])  # fmt: skip
+    cfg = compose(
+        [
+            *FAST,
+            f"data.root={data_root}",
+            "codec=tiny_ae",
+            f"codec.checkpoint={ae.out_dir}",
+            "trainer.steps=3",
+            "trainer.val_every=3",
+            "model.sample.steps=2",
+        ]
+    )
     result = train(cfg, tmp_path / "singer", progress=False)
     assert result.step == 3 and all(np.isfinite(result.losses))
 
@@ -181,14 +226,24 @@ def test_singer_trains_in_tiny_ae_latents_and_generates(ae_run, data_root, tmp_p
     ae_weights = torch.load(ae.checkpoint, weights_only=True)["ema"]
     saved = torch.load(result.checkpoint, weights_only=True)["model"]
     codec_keys = [k for k in saved if k.startswith("codec.ae.")]
-    assert codec_keys and all(torch.equal(saved[k], ae_weights[k[len("codec."):]]) for k in codec_keys)
+    assert codec_keys and all(
+        torch.equal(saved[k], ae_weights[k[len("codec.") :]]) for k in codec_keys
+    )
 
     loaded = load_model(result.out_dir, device="cpu")
-    assert loaded.model.backbone.in_channels == 4 if hasattr(loaded.model.backbone, "in_channels") else True
+    assert (
+        loaded.model.backbone.in_channels == 4
+        if hasattr(loaded.model.backbone, "in_channels")
+        else True
+    )
     rng = np.random.default_rng(0)
     face = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    audio = rng.standard_normal(int(0.48 * 16000)).astype(np.float32) * 0.1  # 12 frames → 2 chained clips
-    frames = generate_video(loaded, face, audio, steps=2, guidance_scale=2.0, seed=0, progress=False)
+    audio = (
+        rng.standard_normal(int(0.48 * 16000)).astype(np.float32) * 0.1
+    )  # 12 frames → 2 chained clips
+    frames = generate_video(
+        loaded, face, audio, steps=2, guidance_scale=2.0, seed=0, progress=False
+    )
     assert frames.shape == (12, 32, 32, 3) and frames.dtype == np.uint8
 
 
@@ -199,4 +254,6 @@ def test_generation_refuses_the_autoencoder(ae_run):
     loaded = load_model(result.out_dir, device="cpu")
     assert loaded.spec.sample is None
     with pytest.raises(ValueError, match="does not generate video"):
-        generate_video(loaded, np.zeros((32, 32, 3), np.uint8), np.zeros(8000, np.float32), progress=False)
+        generate_video(
+            loaded, np.zeros((32, 32, 3), np.uint8), np.zeros(8000, np.float32), progress=False
+        )

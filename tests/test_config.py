@@ -19,8 +19,19 @@ def test_every_frontend_group_composes(frontend):
 
 
 def test_ablation_overrides():
-    cfg = compose(["frontend=msm", "frontend.levels=4", "frontend.wavelet=db2", "backbone.bottleneck_filter=none"])
-    assert (cfg.frontend.levels, cfg.frontend.wavelet, cfg.backbone.bottleneck_filter) == (4, "db2", "none")
+    cfg = compose(
+        [
+            "frontend=msm",
+            "frontend.levels=4",
+            "frontend.wavelet=db2",
+            "backbone.bottleneck_filter=none",
+        ]
+    )
+    assert (cfg.frontend.levels, cfg.frontend.wavelet, cfg.backbone.bottleneck_filter) == (
+        4,
+        "db2",
+        "none",
+    )
 
 
 def test_unknown_registry_name_is_rejected_with_known_names():

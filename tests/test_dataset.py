@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from singer.data.dataset import ClipDataset, collate, face_cue_names, load_clip, read_index, split_sources
+from singer.data.dataset import (
+    ClipDataset,
+    collate,
+    face_cue_names,
+    load_clip,
+    read_index,
+    split_sources,
+)
 from singer.data.media import write_mp4
 from singer.data.prepare import prepare_folder
 from test_media import frame_ids, indexed_frames, tone
@@ -25,12 +32,23 @@ def cache(tmp_path_factory):
         write_mp4(src / name, indexed_frames(count), 25, ramp, 16000)
     truth = {cue: [k + j / 100 for j in range(40)] for k, cue in enumerate(face_cue_names())}
     meta = {
-        "file": "c.mp4", "clip_id": "c", "kind": "talking", "speaker_id": 1, "fps": 25, "num_frames": 40,
+        "file": "c.mp4",
+        "clip_id": "c",
+        "kind": "talking",
+        "speaker_id": 1,
+        "fps": 25,
+        "num_frames": 40,
         "truth": truth,
-    }  # fmt: skip
+    }
     (src / "meta.jsonl").write_text(json.dumps(meta) + "\n")
     prepare_folder(
-        src, root / "cache", size=32, clip_seconds=2.0, min_seconds=1.0, detect_faces=False, progress=False
+        src,
+        root / "cache",
+        size=32,
+        clip_seconds=2.0,
+        min_seconds=1.0,
+        detect_faces=False,
+        progress=False,
     )
     return root / "cache"
 
@@ -55,14 +73,20 @@ def test_items_have_documented_shapes_and_values(cache):
     assert item["ref"].shape == (3, 32, 32)
     assert item["motion"].shape == (3, 2, 32, 32)
     assert item["cues"].shape == (8, len(face_cue_names()))
-    assert isinstance(item["clip_id"], str) and isinstance(item["kind"], str) and isinstance(item["start"], int)
+    assert (
+        isinstance(item["clip_id"], str)
+        and isinstance(item["kind"], str)
+        and isinstance(item["start"], int)
+    )
     assert item["video"].min() >= -1 and item["video"].max() <= 1
 
     # Video and audio are exactly the window's frames and samples.
     entry = next(r for r in read_index(cache) if r["clip_id"] == item["clip_id"])
     frames, audio = load_clip(cache / entry["file"])
     start = item["start"]
-    expected_video = torch.from_numpy(frames[start : start + 8].astype(np.float32) / 127.5 - 1).permute(3, 0, 1, 2)
+    expected_video = torch.from_numpy(
+        frames[start : start + 8].astype(np.float32) / 127.5 - 1
+    ).permute(3, 0, 1, 2)
     torch.testing.assert_close(item["video"], expected_video)
     np.testing.assert_array_equal(item["audio"].numpy(), audio[start * 640 : (start + 8) * 640])
 
@@ -130,7 +154,9 @@ def test_cues_carry_truth_and_kinds_filter(cache):
     for index in range(len(data)):
         item = data[index]
         assert item["has_cues"] and item["kind"] == "talking"
-        expected = [[k + (item["start"] + j) / 100 for k in range(len(face_cue_names()))] for j in range(8)]
+        expected = [
+            [k + (item["start"] + j) / 100 for k in range(len(face_cue_names()))] for j in range(8)
+        ]
         np.testing.assert_allclose(item["cues"].numpy(), expected, atol=1e-5)
     unknown = ClipDataset(cache, split="all", kinds=["unknown"])
     item = unknown[0]

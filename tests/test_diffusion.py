@@ -59,7 +59,9 @@ def test_sampler_config_is_trailing_zero_snr_v_prediction():
 )
 def test_min_snr_weights_match_formula(prediction_type, zero_snr):
     gamma = 5.0
-    d = GaussianDiffusion(prediction_type=prediction_type, zero_terminal_snr=zero_snr, min_snr_gamma=gamma)
+    d = GaussianDiffusion(
+        prediction_type=prediction_type, zero_terminal_snr=zero_snr, min_snr_gamma=gamma
+    )
     t = torch.arange(T)
     acp = d.train_scheduler.alphas_cumprod.double()
     snr = acp / (1 - acp)
@@ -75,7 +77,9 @@ def test_min_snr_weights_match_formula(prediction_type, zero_snr):
     if zero_snr:
         assert weight[-1].item() == 0.0  # the SNR = 0 step: finite, no NaN
 
-    unweighted = GaussianDiffusion(prediction_type=prediction_type, zero_terminal_snr=zero_snr, min_snr_gamma=None)
+    unweighted = GaussianDiffusion(
+        prediction_type=prediction_type, zero_terminal_snr=zero_snr, min_snr_gamma=None
+    )
     assert torch.equal(unweighted.loss_weight(unweighted.snr(t)), torch.ones(T))
 
 
@@ -122,7 +126,9 @@ def test_training_loss_is_the_weighted_mse_of_the_sampled_t_and_noise():
 def test_training_loss_backpropagates():
     d = GaussianDiffusion()
     scale = torch.nn.Parameter(torch.tensor(0.3))
-    loss, _ = d.training_loss(lambda x_t, t: scale * x_t, torch.zeros(2, 3, 2, 4, 4), torch.Generator().manual_seed(0))
+    loss, _ = d.training_loss(
+        lambda x_t, t: scale * x_t, torch.zeros(2, 3, 2, 4, 4), torch.Generator().manual_seed(0)
+    )
     loss.backward()
     assert scale.grad is not None and torch.isfinite(scale.grad)
 
@@ -161,7 +167,7 @@ def test_overfit_tiny_model_then_ddim_recovers_x0():
     """
     torch.manual_seed(0)
     d = GaussianDiffusion()
-    x0 = (torch.rand(1, 3, 2, 4, 4) * 1.6 - 0.8)
+    x0 = torch.rand(1, 3, 2, 4, 4) * 1.6 - 0.8
     p = torch.nn.Parameter(torch.zeros_like(x0))
 
     def denoise(x_t, t):
@@ -177,7 +183,9 @@ def test_overfit_tiny_model_then_ddim_recovers_x0():
         opt.step()
     assert (p.detach() - x0).abs().max() < 0.02
 
-    sample = d.sample(denoise, (1, 3, 2, 4, 4), steps=20, generator=torch.Generator().manual_seed(5))
+    sample = d.sample(
+        denoise, (1, 3, 2, 4, 4), steps=20, generator=torch.Generator().manual_seed(5)
+    )
     assert (sample - x0).abs().max() < 0.03
 
 
@@ -185,8 +193,12 @@ def test_cfg_combine():
     cond, uncond = torch.tensor([1.0, 2.0]), torch.tensor([0.5, -1.0])
     torch.testing.assert_close(cfg_combine(cond, uncond, 1.0), cond)
     torch.testing.assert_close(cfg_combine(cond, uncond, 0.0), uncond)
-    torch.testing.assert_close(cfg_combine(cond, uncond, 3.5), torch.tensor([0.5 + 3.5 * 0.5, -1.0 + 3.5 * 3.0]))
-    torch.testing.assert_close(GaussianDiffusion.cfg_combine(cond, uncond, 2.0), torch.tensor([1.5, 5.0]))
+    torch.testing.assert_close(
+        cfg_combine(cond, uncond, 3.5), torch.tensor([0.5 + 3.5 * 0.5, -1.0 + 3.5 * 3.0])
+    )
+    torch.testing.assert_close(
+        GaussianDiffusion.cfg_combine(cond, uncond, 2.0), torch.tensor([1.5, 5.0])
+    )
 
 
 def test_drop_conditions():

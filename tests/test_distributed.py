@@ -42,7 +42,9 @@ def test_batch_stream_shards_are_disjoint_and_cover_the_global_batch():
         shards = [next(r) for r in ranks]
         assert all(len(s) == 2 for s in shards)
         assert sorted(sum(shards, [])) == sorted(expected)
-        assert [shards[r][k] for k in range(2) for r in range(3)] == expected  # interleaved, DistributedSampler-style
+        assert [
+            shards[r][k] for k in range(2) for r in range(3)
+        ] == expected  # interleaved, DistributedSampler-style
 
 
 def test_batch_stream_resumes_per_rank():
@@ -66,7 +68,13 @@ def test_env_parsing():
     assert distributed.from_env({}) == distributed.DistEnv()
     assert not distributed.from_env({"RANK": "0", "WORLD_SIZE": "1"}).enabled
     env = distributed.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
-    assert (env.rank, env.world_size, env.local_rank, env.enabled, env.is_main) == (3, 4, 1, True, False)
+    assert (env.rank, env.world_size, env.local_rank, env.enabled, env.is_main) == (
+        3,
+        4,
+        1,
+        True,
+        False,
+    )
     with pytest.raises(RuntimeError, match="inconsistent"):
         distributed.from_env({"RANK": "4", "WORLD_SIZE": "4"})
     assert distributed.backend_for(torch.device("cpu")) == "gloo"
@@ -87,12 +95,23 @@ def test_one_process_needs_no_process_group():
 
 
 # -- two real ranks -------------------------------------------------------------------------------
-def _torchrun(tmp_path: Path, out_dir: Path, overrides: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(
+    tmp_path: Path, out_dir: Path, overrides: list[str], nproc: int = 2
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     for key in distributed.ENV_KEYS:  # a clean world, whatever the calling shell had
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           __file__, str(out_dir), str(tmp_path), *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        __file__,
+        str(out_dir),
+        str(tmp_path),
+        *overrides,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
 
 
@@ -103,10 +122,22 @@ def test_two_cpu_ranks_train_to_identical_weights_and_only_rank0_writes(tmp_path
     from singer.config import compose
     from singer.trainer import build_datasets
 
-    build_datasets(compose([*TINY, f"data.root={data_root}"]))  # generate SynthSing once, before the ranks start
+    build_datasets(
+        compose([*TINY, f"data.root={data_root}"])
+    )  # generate SynthSing once, before the ranks start
     out_dir = tmp_path / "run"
-    proc = _torchrun(tmp_path, out_dir, [*TINY, f"data.root={data_root}", "trainer.steps=3", "trainer.val_every=3",
-                                         "trainer.ckpt_every=2", "tracking.experiment=t-ddp"])  # fmt: skip
+    proc = _torchrun(
+        tmp_path,
+        out_dir,
+        [
+            *TINY,
+            f"data.root={data_root}",
+            "trainer.steps=3",
+            "trainer.val_every=3",
+            "trainer.ckpt_every=2",
+            "tracking.experiment=t-ddp",
+        ],
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -124,7 +155,10 @@ def test_two_cpu_ranks_train_to_identical_weights_and_only_rank0_writes(tmp_path
     # each rank drew its own noise and data; the losses (averaged over ranks) agree
     assert reports[0]["noise_seed"] != reports[1]["noise_seed"]
     assert reports[0]["world"] == reports[1]["world"] == [2, "env"]
-    assert [r["result_rank"] for r in reports] == [0, 1]  # singer.train prints its summary on rank 0 only
+    assert [r["result_rank"] for r in reports] == [
+        0,
+        1,
+    ]  # singer.train prints its summary on rank 0 only
     assert reports[0]["losses"] == reports[1]["losses"] and len(reports[0]["losses"]) == 3
     assert set(reports[0]["first_batch"]).isdisjoint(reports[1]["first_batch"])
     # the checkpoint carries every rank's random streams, for an exact resume
@@ -138,7 +172,9 @@ def test_two_cpu_ranks_train_to_identical_weights_and_only_rank0_writes(tmp_path
     runs = mlflow.search_runs(experiment_names=["t-ddp"])
     assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
     assert runs.iloc[0]["run_id"] == reports[0]["run_id"] and reports[1]["run_id"] is None
-    assert (out_dir / "result.json").exists() and json.loads((out_dir / "result.json").read_text())["world_size"] == 2
+    assert (out_dir / "result.json").exists() and json.loads((out_dir / "result.json").read_text())[
+        "world_size"
+    ] == 2
 
 
 @pytest.mark.slow
@@ -149,8 +185,13 @@ def test_submitit_job_with_two_tasks_trains_one_ddp_run(tmp_path):
 
     from singer import launch
 
-    overrides = [*TINY, f"data.root={tmp_path / 'data'}", "trainer.steps=2", "trainer.val_every=2",
-                 "tracking.experiment=t-ddp-submitit"]  # fmt: skip
+    overrides = [
+        *TINY,
+        f"data.root={tmp_path / 'data'}",
+        "trainer.steps=2",
+        "trainer.val_every=2",
+        "tracking.experiment=t-ddp-submitit",
+    ]
     executor = launch.make_executor("local", tmp_path / "jobs", timeout_min=5, tasks_per_node=2)
     job = executor.submit(launch.TrainJob(overrides, str(tmp_path / "run")))
     main, other = job.results()
@@ -193,7 +234,10 @@ def _worker(out_dir: str, report_dir: str, overrides: list[str]) -> None:
         return wrapper
 
     torch.save, pathlib.Path.write_text = recording_save, recording_write_text
-    tracking.start_run, tracking.resume_run = counting(tracking.start_run), counting(tracking.resume_run)
+    tracking.start_run, tracking.resume_run = (
+        counting(tracking.start_run),
+        counting(tracking.resume_run),
+    )
 
     trainer = Trainer(compose(overrides), out_dir, progress=False)
     report: dict = {}
@@ -201,7 +245,9 @@ def _worker(out_dir: str, report_dir: str, overrides: list[str]) -> None:
 
     def setup():
         real_setup()
-        report["initial_weights_sum"] = float(sum(p.double().sum() for p in trainer.model.parameters()))
+        report["initial_weights_sum"] = float(
+            sum(p.double().sum() for p in trainer.model.parameters())
+        )
 
     trainer._setup = setup
     result = trainer.fit()
@@ -209,16 +255,32 @@ def _worker(out_dir: str, report_dir: str, overrides: list[str]) -> None:
 
     env = trainer.dist_env
     num_items = len(build_datasets(trainer.cfg)[0])
-    first_batch = next(iter(BatchStream(num_items, trainer.tc.batch_size, trainer.cfg.seed, rank=env.rank,
-                                        world_size=env.world_size)))  # fmt: skip
+    first_batch = next(
+        iter(
+            BatchStream(
+                num_items,
+                trainer.tc.batch_size,
+                trainer.cfg.seed,
+                rank=env.rank,
+                world_size=env.world_size,
+            )
+        )
+    )
     state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
     torch.save(state, Path(report_dir) / f"rank{rank}.pt")
-    report.update({
-        "losses": result.losses, "run_id": result.run_id, "file_writes": writes, "mlflow_calls": mlflow_calls[0],
-        "noise_seed": trainer.noise_gen.initial_seed(), "first_batch": first_batch,
-        "world": [trainer.dist_env.world_size, trainer.dist_env.source], "result_rank": result.rank,
-        "weights_sum": float(sum(p.double().sum() for p in trainer.model.parameters())),
-    })  # fmt: skip
+    report.update(
+        {
+            "losses": result.losses,
+            "run_id": result.run_id,
+            "file_writes": writes,
+            "mlflow_calls": mlflow_calls[0],
+            "noise_seed": trainer.noise_gen.initial_seed(),
+            "first_batch": first_batch,
+            "world": [trainer.dist_env.world_size, trainer.dist_env.source],
+            "result_rank": result.rank,
+            "weights_sum": float(sum(p.double().sum() for p in trainer.model.parameters())),
+        }
+    )
     (Path(report_dir) / f"rank{rank}.json").write_text(json.dumps(report))
 
 

@@ -29,7 +29,9 @@ def is_block_modulation(name: str) -> bool:
 # -- construction and shapes -----------------------------------------------------------------
 def test_registered_and_built_like_the_model_builder_does():
     assert "dit" in BACKBONES.names()
-    model = BACKBONES.build("dit", in_channels=3, audio_dim=16, motion_frames=2, bottleneck_filter="sfm")
+    model = BACKBONES.build(
+        "dit", in_channels=3, audio_dim=16, motion_frames=2, bottleneck_filter="sfm"
+    )
     assert isinstance(model, VideoDiT) and model.attention == "factorised"
     x, t, audio, ref, motion = inputs(b=1, f=4, audio_dim=16)
     with torch.no_grad():
@@ -40,7 +42,13 @@ def test_registered_and_built_like_the_model_builder_does():
 @pytest.mark.parametrize("attention", ["factorised", "full"])
 @pytest.mark.parametrize(
     "size,frames,motion_frames,give_motion,temporal_patch",
-    [(32, 4, 2, True, 1), (32, 6, 2, False, 1), (48, 4, 0, False, 1), (32, 4, 2, True, 2), (16, 8, 4, False, 2)],
+    [
+        (32, 4, 2, True, 1),
+        (32, 6, 2, False, 1),
+        (48, 4, 0, False, 1),
+        (32, 4, 2, True, 2),
+        (16, 8, 4, False, 2),
+    ],
 )
 def test_output_shapes(attention, size, frames, motion_frames, give_motion, temporal_patch):
     model = make(attention=attention, motion_frames=motion_frames, temporal_patch=temporal_patch)
@@ -59,8 +67,10 @@ def test_out_channels_and_scalar_timestep():
     x, t, audio, ref, motion = inputs(c=4)
     with torch.no_grad():
         assert model(x, t, None, None, None).shape == (2, 6, 4, 32, 32)
-        torch.testing.assert_close(model(x, torch.tensor(500), audio, ref, motion),
-                                   model(x, torch.full((2,), 500), audio, ref, motion))  # fmt: skip
+        torch.testing.assert_close(
+            model(x, torch.tensor(500), audio, ref, motion),
+            model(x, torch.full((2,), 500), audio, ref, motion),
+        )
 
 
 def test_input_errors():
@@ -114,7 +124,9 @@ def test_adaln_zero_blocks_are_the_identity(attention):
         out = model(x, t, audio, ref, motion, region_masks=masks)
         assert out.abs().max() > 1e-3  # the final layer is perturbed: not trivially zero
         torch.testing.assert_close(out, shallow(x, t, audio, ref, motion), rtol=0, atol=0)
-        torch.testing.assert_close(model(x, t, None, None, None), shallow(x, t, None, None, None), rtol=0, atol=0)
+        torch.testing.assert_close(
+            model(x, t, None, None, None), shallow(x, t, None, None, None), rtol=0, atol=0
+        )
 
         # the same property block by block, on arbitrary tokens
         block = model.blocks[0]
@@ -123,12 +135,16 @@ def test_adaln_zero_blocks_are_the_identity(attention):
         cond = torch.randn(2, tokens.shape[1], 32)
         layout = TokenLayout(factorised=factorised, prefix=16 if factorised else 1)
         audio_tokens = torch.randn(2 * 3, N_TOKENS, 12)
-        torch.testing.assert_close(block(tokens, cond, layout, audio_tokens), tokens, rtol=0, atol=0)
+        torch.testing.assert_close(
+            block(tokens, cond, layout, audio_tokens), tokens, rtol=0, atol=0
+        )
 
     # once the modulations move, the blocks change the output
     perturb(model, seed=9)
     with torch.no_grad():
-        assert (model(x, t, audio, ref, motion) - shallow(x, t, audio, ref, motion)).abs().max() > 1e-3
+        assert (
+            model(x, t, audio, ref, motion) - shallow(x, t, audio, ref, motion)
+        ).abs().max() > 1e-3
 
 
 def test_every_sub_layer_starts_learning():
@@ -178,7 +194,11 @@ def test_audio_is_per_frame_without_temporal_mixing():
     changed = audio.clone()
     changed[:, 0] = torch.randn_like(changed[:, 0])
     with torch.no_grad():
-        diff = (model(x, t, audio, ref, None) - model(x, t, changed, ref, None)).abs().amax(dim=(0, 1, 3, 4))
+        diff = (
+            (model(x, t, audio, ref, None) - model(x, t, changed, ref, None))
+            .abs()
+            .amax(dim=(0, 1, 3, 4))
+        )
     assert diff[0] > 1e-3 and diff[1:].max() == 0
 
 
@@ -197,32 +217,46 @@ def test_region_masks_gate_the_audio_attention():
     perturb(plain)
     result = gated.load_state_dict(plain.state_dict(), strict=False)
     assert result.unexpected_keys == []
-    assert result.missing_keys and all(k.endswith("audio_region_weights") for k in result.missing_keys)
+    assert result.missing_keys and all(
+        k.endswith("audio_region_weights") for k in result.missing_keys
+    )
     zero = torch.zeros_like(masks)
     with torch.no_grad():
         base = plain(x, t, audio, ref, motion)
-        torch.testing.assert_close(plain(x, t, audio, ref, motion, region_masks=masks), base)  # ignored
+        torch.testing.assert_close(
+            plain(x, t, audio, ref, motion, region_masks=masks), base
+        )  # ignored
         # weights start at 1: masks summing to 1 leave the output unchanged
-        torch.testing.assert_close(gated(x, t, audio, ref, motion, region_masks=masks), base, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            gated(x, t, audio, ref, motion, region_masks=masks), base, atol=2e-5, rtol=1e-4
+        )
         # all-zero masks switch the audio path off
-        torch.testing.assert_close(gated(x, t, audio, ref, motion, region_masks=zero),
-                                   gated(x, t, torch.randn_like(audio), ref, motion, region_masks=zero))  # fmt: skip
+        torch.testing.assert_close(
+            gated(x, t, audio, ref, motion, region_masks=zero),
+            gated(x, t, torch.randn_like(audio), ref, motion, region_masks=zero),
+        )
     with pytest.raises(ValueError, match="region_masks must be"):
         gated(x, t, audio, ref, motion, region_masks=masks[:, :2])
 
 
 # -- the SFM at the middle block ----------------------------------------------------------------
-@pytest.mark.parametrize("attention,levels,wavelet", [("factorised", 1, "haar"), ("full", 2, "db2")])
+@pytest.mark.parametrize(
+    "attention,levels,wavelet", [("factorised", 1, "haar"), ("full", 2, "db2")]
+)
 def test_mid_sfm_is_identity_at_init_and_trains(attention, levels, wavelet):
     off = make(attention=attention, bottleneck_filter="none")
-    on = make(seed=7, attention=attention, bottleneck_filter="sfm", sfm_levels=levels, sfm_wavelet=wavelet)
+    on = make(
+        seed=7, attention=attention, bottleneck_filter="sfm", sfm_levels=levels, sfm_wavelet=wavelet
+    )
     perturb(off)  # so that the middle tokens reach the output through non-trivial weights
     result = on.load_state_dict(off.state_dict(), strict=False)
     assert result.unexpected_keys == []
     assert result.missing_keys and all(k.startswith("bottleneck.") for k in result.missing_keys)
     x, t, audio, ref, motion = inputs()
     with torch.no_grad():
-        torch.testing.assert_close(on(x, t, audio, ref, motion), off(x, t, audio, ref, motion), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            on(x, t, audio, ref, motion), off(x, t, audio, ref, motion), atol=2e-5, rtol=1e-4
+        )
 
     gains = on.bottleneck.filter.gains
     on.train()(x, t, audio, ref, motion).pow(2).mean().backward()
@@ -244,16 +278,22 @@ def test_grad_checkpointing_same_loss_and_grads(attention):
         model.zero_grad(set_to_none=True)
         loss = model(x, t, audio, ref, motion, region_masks=masks).pow(2).mean()
         loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
 
     plain_loss, plain_grads = loss_and_grads()
     model.set_grad_checkpointing(True)
     assert model.grad_checkpointing
     ckpt_loss, ckpt_grads = loss_and_grads()
     torch.testing.assert_close(ckpt_loss, plain_loss, rtol=1e-6, atol=1e-7)
-    assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) == len(list(model.parameters()))
+    assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) == len(
+        list(model.parameters())
+    )
     for name in plain_grads:
-        torch.testing.assert_close(ckpt_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(
+            ckpt_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7, msg=name
+        )
 
 
 def test_bf16_autocast_forward_backward():
@@ -273,7 +313,9 @@ def test_deterministic_by_seed():
     perturb(a)
     perturb(b)
     with torch.no_grad():
-        torch.testing.assert_close(a(x, t, audio, ref, motion), b(x, t, audio, ref, motion), rtol=0, atol=0)
+        torch.testing.assert_close(
+            a(x, t, audio, ref, motion), b(x, t, audio, ref, motion), rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("attention", ["factorised", "full"])
@@ -289,7 +331,9 @@ def test_few_optimizer_steps_reduce_loss(attention):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.85 * losses[0]  # the output starts at zero (adaLN-zero), so it starts slowly
+    assert (
+        losses[-1] < 0.85 * losses[0]
+    )  # the output starts at zero (adaLN-zero), so it starts slowly
 
 
 # -- through the config: every front-end, and the models that take a backbone -------------------
@@ -351,15 +395,30 @@ def data_root(tmp_path_factory):
 def _train(data_root, out_dir, *extra):
     from singer.trainer import train
 
-    cfg = compose(["trainer=cpu_tiny", "trainer.sample_at_end=false", "data.synth.clips=6",
-                   "data.synth.seconds=2.0", f"data.root={data_root}", *extra])  # fmt: skip
+    cfg = compose(
+        [
+            "trainer=cpu_tiny",
+            "trainer.sample_at_end=false",
+            "data.synth.clips=6",
+            "data.synth.seconds=2.0",
+            f"data.root={data_root}",
+            *extra,
+        ]
+    )
     return train(cfg, out_dir, progress=False)
 
 
 @pytest.mark.parametrize("frontend", sorted(FRONTENDS))
 def test_every_frontend_trains_a_few_steps_with_dit(data_root, tmp_path, frontend):
-    result = _train(data_root, tmp_path / "run", *SMALL_DIT, *FRONTENDS[frontend],
-                    "trainer.steps=3", "trainer.val_every=3", "trainer.val_batches=1")  # fmt: skip
+    result = _train(
+        data_root,
+        tmp_path / "run",
+        *SMALL_DIT,
+        *FRONTENDS[frontend],
+        "trainer.steps=3",
+        "trainer.val_every=3",
+        "trainer.val_batches=1",
+    )
     assert result.step == 3 and all(np.isfinite(result.losses))
 
 
@@ -368,10 +427,19 @@ def test_cpu_tiny_training_with_dit_reduces_the_loss(data_root, tmp_path):
 
     The output layer starts at zero (adaLN-zero), so the first steps move little; a 3× learning
     rate lets a small DiT show its learning within 30 steps."""
-    result = _train(data_root, tmp_path / "run", *SMALL_DIT, "trainer.lr=3e-3", "trainer.steps=30",
-                    "trainer.val_every=30")  # fmt: skip
+    result = _train(
+        data_root,
+        tmp_path / "run",
+        *SMALL_DIT,
+        "trainer.lr=3e-3",
+        "trainer.steps=30",
+        "trainer.val_every=30",
+    )
     assert all(np.isfinite(result.losses))
-    assert result.val_loss < 0.85 * result.initial_val_loss, (result.initial_val_loss, result.val_loss)
+    assert result.val_loss < 0.85 * result.initial_val_loss, (
+        result.initial_val_loss,
+        result.val_loss,
+    )
     assert result.final_loss < result.first_loss, (result.first_loss, result.final_loss)
 
 

@@ -17,7 +17,9 @@ def _pooled(folder, records, *, use_identity=True):
     for record in records:
         frames = E.read_frames(folder / record["file"])
         assert len(frames) == record["num_frames"]
-        found = E.estimate_face_params(frames, identity=record["identity"] if use_identity else None)
+        found = E.estimate_face_params(
+            frames, identity=record["identity"] if use_identity else None
+        )
         assert set(found) == set(E.RETURNED_CUES)
         for name in E.RETURNED_CUES:
             assert found[name].shape == (record["num_frames"],)
@@ -26,7 +28,10 @@ def _pooled(folder, records, *, use_identity=True):
                 continue
             truth[name].append(record["truth"][name])
             estimate[name].append(found[name])
-    pooled = {name: (np.concatenate(truth[name]), np.concatenate(estimate[name])) for name in E.RETURNED_CUES}
+    pooled = {
+        name: (np.concatenate(truth[name]), np.concatenate(estimate[name]))
+        for name in E.RETURNED_CUES
+    }
     return pooled, np.concatenate(talking_sway)
 
 
@@ -71,7 +76,9 @@ def test_exact_on_rendered_frames():
     speaker = S.sample_speaker(rng)
     params = {name: rng.uniform(0, 1, 60) for name in S.FACE_CUES}
     params["sway"] = rng.uniform(-1, 1, 60)
-    found = E.estimate_face_params(S.render_face(params, speaker.identity, 64), identity=speaker.identity)
+    found = E.estimate_face_params(
+        S.render_face(params, speaker.identity, 64), identity=speaker.identity
+    )
     for name in E.RETURNED_CUES:
         assert E.pearson_r(params[name], found[name]) > 0.99, name
         assert np.mean(np.abs(params[name] - found[name])) < 0.03, name
@@ -83,7 +90,9 @@ def test_frames_without_a_face_give_nan():
     blank = np.full((3, 64, 64, 3), 90, dtype=np.uint8)
     for frames in (noise, blank):
         found = E.estimate_face_params(frames)
-        assert all(found[name].shape == (3,) and np.all(np.isnan(found[name])) for name in E.RETURNED_CUES)
+        assert all(
+            found[name].shape == (3,) and np.all(np.isnan(found[name])) for name in E.RETURNED_CUES
+        )
     # A face clip with one blank frame: only that frame is NaN.
     speaker = S.sample_speaker(rng)
     faces = S.render_face({name: np.full(4, 0.5) for name in S.FACE_CUES}, speaker.identity, 64)

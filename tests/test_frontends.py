@@ -48,7 +48,9 @@ def test_registry_lists_every_frontend_and_rejects_unknown_names():
 def test_frame_windows_cover_plus_minus_k_frames(offset):
     # 100 Hz features, 25 fps: a frame spans 4 features, ±2 frames = 20 features.
     feats = torch.arange(1, 41, dtype=torch.float32).view(1, 40, 1)
-    windows = frame_windows(feats, rate=100, num_frames=12, fps=FPS, window=2, offset=offset)[0, :, :, 0]
+    windows = frame_windows(feats, rate=100, num_frames=12, fps=FPS, window=2, offset=offset)[
+        0, :, :, 0
+    ]
     assert windows.shape == (12, 20)
     # frame 3 covers features 12..15 (values 13..16); ±2 frames → features 4..23
     assert windows[3].tolist() == list(range(5, 25))
@@ -58,7 +60,9 @@ def test_frame_windows_cover_plus_minus_k_frames(offset):
 
 
 def test_sample_at_frames_interpolates_at_frame_centres():
-    feats = torch.arange(16, dtype=torch.float32).view(1, 16, 1)  # 50 Hz, feature i at (i + 0.5) / 50 s
+    feats = torch.arange(16, dtype=torch.float32).view(
+        1, 16, 1
+    )  # 50 Hz, feature i at (i + 0.5) / 50 s
     per_frame = sample_at_frames(feats, rate=50, num_frames=10, fps=FPS, offset=0.5)[0, :, 0]
     # frame f is centred at (f + 0.5) / 25 s = feature index 2f + 0.5 → mean of features 2f and 2f + 1
     torch.testing.assert_close(per_frame[:8], torch.arange(8, dtype=torch.float32) * 2 + 0.5)
@@ -155,13 +159,17 @@ def test_msm_bands_match_pywt(wavelet):
     feats = torch.randn(1, steps, 32, dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        reference = pywt.wavedec(feats[0].T.numpy(), wavelet, mode=frontend.mode, level=levels, axis=-1)
+        reference = pywt.wavedec(
+            feats[0].T.numpy(), wavelet, mode=frontend.mode, level=levels, axis=-1
+        )
     for band in range(levels + 1):
         gains = torch.zeros(1, levels + 1, 1, dtype=torch.float64)
         gains[0, band] = 1.0
         kept = [c if i == band else np.zeros_like(c) for i, c in enumerate(reference)]
         expected = pywt.waverec(kept, wavelet, mode=frontend.mode, axis=-1)[:, :steps].T
-        np.testing.assert_allclose(frontend.filter_bands(feats, gains)[0].numpy(), expected, atol=1e-8)
+        np.testing.assert_allclose(
+            frontend.filter_bands(feats, gains)[0].numpy(), expected, atol=1e-8
+        )
 
 
 def test_msm_gains_start_at_one_and_leave_features_unchanged():
@@ -174,7 +182,9 @@ def test_msm_gains_start_at_one_and_leave_features_unchanged():
     feats = torch.randn(3, 30, 32)
     torch.testing.assert_close(frontend.transform(feats, x_t, t), feats, atol=1e-5, rtol=0)
     wav = torch.randn(3, 6 * SR // FPS) * 0.1
-    torch.testing.assert_close(frontend(wav, 6, x_t=x_t, t=t), frontend(wav, 6), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        frontend(wav, 6, x_t=x_t, t=t), frontend(wav, 6), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_msm_gains_depend_on_noisy_sample_and_timestep_once_trained():
@@ -206,7 +216,9 @@ def test_msm_has_no_frozen_tensors_and_writes_no_files(tmp_path, monkeypatch):
     assert all(p.requires_grad for p in frontend.parameters())
     # the only buffers are the mel transform's fixed window and filterbank
     assert all(name.startswith("encoder.mel.") for name, _ in frontend.named_buffers())
-    frontend(torch.randn(2, 3200), 5, x_t=noisy_sample(2, 5), t=torch.tensor([1, 2])).sum().backward()
+    frontend(
+        torch.randn(2, 3200), 5, x_t=noisy_sample(2, 5), t=torch.tensor([1, 2])
+    ).sum().backward()
     assert os.listdir(tmp_path) == []
 
 
@@ -221,7 +233,9 @@ def test_msm_rejects_bad_settings():
     with pytest.raises(ValueError, match="no feature extractor"):
         build("msm", base="wav2vec2")
     with pytest.raises(ValueError, match="x_t"):
-        build("msm")(torch.randn(1, 3200), 5, x_t=noisy_sample(1, 5, channels=4), t=torch.tensor([1]))
+        build("msm")(
+            torch.randn(1, 3200), 5, x_t=noisy_sample(1, 5, channels=4), t=torch.tensor([1])
+        )
 
 
 def test_msm_and_sfm_on_raw_base():
@@ -254,7 +268,12 @@ def test_wav2vec2_without_weights_says_how_to_fix_it():
     with pytest.raises(MissingWeightsError) as info:
         FRONTENDS.build("wav2vec2", encoder_layers=1)
     text = str(info.value)
-    for part in ("frontend.pretrained_path", "frontend.sha256", "frontend.random_init=true", "wav2vec2"):
+    for part in (
+        "frontend.pretrained_path",
+        "frontend.sha256",
+        "frontend.random_init=true",
+        "wav2vec2",
+    ):
         assert part in text
 
 
@@ -269,7 +288,9 @@ def _saved_encoder(tmp_path, layers=1):
 def test_wav2vec2_loads_a_local_state_dict(tmp_path):
     source, path, digest = _saved_encoder(tmp_path, layers=2)
     torch.manual_seed(99)  # a different random encoder init, overwritten by the file
-    loaded = build("wav2vec2", random_init=False, pretrained_path=str(path), sha256=digest, encoder_layers=2)
+    loaded = build(
+        "wav2vec2", random_init=False, pretrained_path=str(path), sha256=digest, encoder_layers=2
+    )
     loaded.projector.load_state_dict(source.projector.state_dict())
     wav = torch.randn(2, 4000) * 0.1
     assert torch.equal(loaded(wav, 6), source(wav, 6))
@@ -278,7 +299,9 @@ def test_wav2vec2_loads_a_local_state_dict(tmp_path):
     assert not loaded.encoder.training and loaded.projector.training
     assert not any(p.requires_grad for p in loaded.encoder.parameters())
     # a 2-layer file also serves a 1-layer encoder (its first layer)
-    short = build("wav2vec2", random_init=False, pretrained_path=str(path), sha256=digest, encoder_layers=1)
+    short = build(
+        "wav2vec2", random_init=False, pretrained_path=str(path), sha256=digest, encoder_layers=1
+    )
     first = source.encoder.encoder.transformer.layers[0].attention.k_proj.weight
     assert torch.equal(short.encoder.encoder.transformer.layers[0].attention.k_proj.weight, first)
 

@@ -69,7 +69,12 @@ def test_compile_failure_warns_and_trains_eagerly_to_the_same_weights(data_root,
     if "singer_test_failing" not in list_backends(exclude_tags=()):
         register_backend(_failing_backend, name="singer_test_failing")
     with pytest.warns(RuntimeWarning, match="torch.compile failed, training continues eagerly"):
-        trainer = fit(data_root, tmp_path, "trainer.compile=true", "trainer.compile_backend=singer_test_failing")
+        trainer = fit(
+            data_root,
+            tmp_path,
+            "trainer.compile=true",
+            "trainer.compile_backend=singer_test_failing",
+        )
     assert trainer.compile_status.startswith("eager fallback")
     assert "forward" not in vars(trainer.model.backbone)  # the backbone's own forward again
     # the failed compiled step was rolled back (random streams included) and run eagerly
@@ -85,7 +90,9 @@ def test_compile_failure_warns_and_trains_eagerly_to_the_same_weights(data_root,
 
 def test_unknown_compile_backend_falls_back_at_setup(data_root, tmp_path):
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
-        trainer = fit(data_root, tmp_path, "trainer.compile=true", "trainer.compile_backend=no_such_backend")
+        trainer = fit(
+            data_root, tmp_path, "trainer.compile=true", "trainer.compile_backend=no_such_backend"
+        )
     assert trainer.compile_status.startswith("eager fallback") and trainer.result.step == 2
 
 
@@ -97,9 +104,13 @@ def test_compile_that_works_keeps_state_dict_keys(data_root, tmp_path, eager):
         trainer = fit(data_root, tmp_path, "trainer.compile=true", "trainer.compile_backend=eager")
     assert trainer.compile_status == "compiled (eager)"
     assert "forward" in vars(trainer.model.backbone)
-    assert "forward" in vars(trainer.model.backbone.bottleneck.filter)  # the SFM runs eagerly inside
+    assert "forward" in vars(
+        trainer.model.backbone.bottleneck.filter
+    )  # the SFM runs eagerly inside
     assert all(np.isfinite(trainer.result.losses))
-    assert weights(trainer).keys() == weights(eager).keys()  # no "_orig_mod." prefixes in checkpoints
+    assert (
+        weights(trainer).keys() == weights(eager).keys()
+    )  # no "_orig_mod." prefixes in checkpoints
     np.testing.assert_allclose(trainer.result.losses, eager.result.losses, rtol=1e-4)
 
 
@@ -126,11 +137,15 @@ def test_bf16_autocast_on_cpu(data_root, tmp_path):
     trainer = fit(data_root, tmp_path, "trainer.precision=bf16")
     assert trainer.amp_dtype == torch.bfloat16
     assert all(np.isfinite(trainer.result.losses))
-    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
+    assert all(
+        p.dtype == torch.float32 for p in trainer.model.parameters()
+    )  # master weights stay fp32
 
 
 def test_fused_adamw_switch(data_root, tmp_path):
-    trainer = fit(data_root, tmp_path, "trainer.fused_adamw=true", "trainer.steps=1", "trainer.val_every=1")
+    trainer = fit(
+        data_root, tmp_path, "trainer.fused_adamw=true", "trainer.steps=1", "trainer.val_every=1"
+    )
     assert trainer.optimizer.defaults["fused"] is True
     assert all(np.isfinite(trainer.result.losses))
 
@@ -160,10 +175,17 @@ def test_grad_checkpointing_finds_the_outermost_modules():
 @requires_cuda
 def test_gpu_bf16_compile_channels_last_flash(data_root, tmp_path):
     trainer = fit(
-        data_root, tmp_path, "device=cuda", "trainer.precision=auto", "trainer.compile=true",
-        "trainer.channels_last=true", "trainer.attention=flash", "trainer.grad_checkpointing=true",
-        "trainer.steps=3", "trainer.val_every=3",
-    )  # fmt: skip
+        data_root,
+        tmp_path,
+        "device=cuda",
+        "trainer.precision=auto",
+        "trainer.compile=true",
+        "trainer.channels_last=true",
+        "trainer.attention=flash",
+        "trainer.grad_checkpointing=true",
+        "trainer.steps=3",
+        "trainer.val_every=3",
+    )
     assert trainer.device.type == "cuda" and trainer.amp_dtype == torch.bfloat16
     assert trainer.optimizer.defaults["fused"] is True
     assert trainer.compile_status.startswith("compiled"), trainer.compile_status

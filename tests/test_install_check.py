@@ -15,7 +15,9 @@ def test_a_broken_package_is_named_in_one_line(monkeypatch, capsys):
     monkeypatch.setitem(install_check.CHECKS, "torchaudio", broken)
     assert install_check.main(["--in-process", "--only", "torchaudio", "ptwt"]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("error: torchaudio does not work: OSError: Could not load this library")
+    assert lines[0].startswith(
+        "error: torchaudio does not work: OSError: Could not load this library"
+    )
     assert "make clean install" in lines[0]
     assert lines[1].startswith("ok ptwt")
 
@@ -23,7 +25,16 @@ def test_a_broken_package_is_named_in_one_line(monkeypatch, capsys):
 @pytest.mark.slow
 def test_the_locked_environment_passes():
     proc = subprocess.run(
-        [sys.executable, "-m", "singer.install_check", "--only", "torch", "torchaudio", "av", "ptwt"],
+        [
+            sys.executable,
+            "-m",
+            "singer.install_check",
+            "--only",
+            "torch",
+            "torchaudio",
+            "av",
+            "ptwt",
+        ],
         capture_output=True,
         text=True,
     )

@@ -123,18 +123,24 @@ def test_profile_from_env_folder_wins(profile_dir):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("partition: gpu\ngpus: 2\n", ["unknown key 'gpus'", "allowed keys: description, partition"]),
+        (
+            "partition: gpu\ngpus: 2\n",
+            ["unknown key 'gpus'", "allowed keys: description, partition"],
+        ),
         ("gpus_per_node: two\n", ["key 'gpus_per_node': got 'two'", "allowed: an integer >= 0"]),
         ("time_min: 0\n", ["key 'time_min': got 0", "allowed: an integer >= 1 (minutes)"]),
         ("nodes: true\n", ["key 'nodes': got True", "allowed: an integer >= 1"]),
         ("mem_gb: -1\n", ["key 'mem_gb': got -1", "allowed: a number > 0 or null"]),
         ("setup: module load x\n", ["key 'setup'", "allowed: a list of one-line shell strings"]),
-        ("partition: \"a\\nb\"\n", ["key 'partition'", "allowed: a one-line string or null"]),
+        ('partition: "a\\nb"\n', ["key 'partition'", "allowed: a one-line string or null"]),
         (
             "additional:\n  output: /tmp/x\n",
             ["key 'additional.output': not an allowed sbatch option", "exclusive"],
         ),
-        ("additional:\n  exclusive: false\n", ["key 'additional.exclusive': got False", "true for a flag"]),
+        (
+            "additional:\n  exclusive: false\n",
+            ["key 'additional.exclusive': got False", "true for a flag"],
+        ),
         ("- a\n- b\n", ["must be a YAML mapping"]),
         ("partition: [\n", ["not valid YAML"]),
     ],
@@ -172,7 +178,9 @@ def test_make_executor_rejects_bad_arguments(tmp_path):
         launch.make_executor("local", tmp_path, timeout_min=1.5)
     with pytest.raises(LaunchError, match="unknown launcher"):
         launch.make_executor("cloud", tmp_path, timeout_min=1)
-    with pytest.raises(LaunchError, match=r"timeout_min=11 exceeds the time_min=10 of SLURM profile 'local'"):
+    with pytest.raises(
+        LaunchError, match=r"timeout_min=11 exceeds the time_min=10 of SLURM profile 'local'"
+    ):
         launch.make_executor("slurm:local", tmp_path, timeout_min=11)
 
 
@@ -227,7 +235,9 @@ def test_local_checkpointable_job_requeues_and_resumes(tmp_path):
 )
 def test_slurm_profile_maps_to_sbatch_options(tmp_path):
     """The 8-GPU DDP profile becomes the expected #SBATCH lines (nothing is submitted)."""
-    executor = launch.make_executor("slurm:gpu8_ddp", tmp_path, timeout_min=600, name="ddp", cpus_per_task=4)
+    executor = launch.make_executor(
+        "slurm:gpu8_ddp", tmp_path, timeout_min=600, name="ddp", cpus_per_task=4
+    )
     slurm = executor._executor
     assert slurm.max_num_timeout == 5
     script = slurm._make_submission_file_text("true", "uid")
@@ -259,6 +269,12 @@ def test_slurm_profiles_are_offered_to_hydra_as_launchers():
     settings = cfg.hydra.launcher
     profile = launch.load_profile("gpu1")
     assert settings._target_.endswith("SlurmLauncher")
-    assert (settings.partition, settings.gpus_per_node, settings.cpus_per_task, settings.timeout_min) == (
-        profile.partition, profile.gpus_per_node, profile.cpus_per_task, profile.time_min)
-    assert settings.max_num_timeout == profile.max_requeue and list(settings.setup) == list(profile.setup)
+    assert (
+        settings.partition,
+        settings.gpus_per_node,
+        settings.cpus_per_task,
+        settings.timeout_min,
+    ) == (profile.partition, profile.gpus_per_node, profile.cpus_per_task, profile.time_min)
+    assert settings.max_num_timeout == profile.max_requeue and list(settings.setup) == list(
+        profile.setup
+    )

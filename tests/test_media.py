@@ -59,7 +59,9 @@ def write_av(path, frames, times_s, audio=None, sample_rate=16000) -> Path:
         # Every stream must exist before the first packet is muxed.
         if frames is not None:
             steps = np.diff(times_s)
-            video = container.add_stream("libx264", rate=int(round(1 / np.median(steps))) if len(steps) else 25)
+            video = container.add_stream(
+                "libx264", rate=int(round(1 / np.median(steps))) if len(steps) else 25
+            )
             video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
             video.time_base = time_base
             video.codec_context.time_base = time_base
@@ -129,7 +131,9 @@ def test_probe_constant_rate_file(tmp_path):
 @pytest.mark.parametrize("source_fps", [24, 30, 60])
 def test_read_video_resamples_by_nearest_timestamp(tmp_path, source_fps):
     count = 2 * source_fps
-    path = write_av(tmp_path / f"v{source_fps}.mp4", indexed_frames(count), np.arange(count) / source_fps)
+    path = write_av(
+        tmp_path / f"v{source_fps}.mp4", indexed_frames(count), np.arange(count) / source_fps
+    )
     info = probe(path)
     assert info.fps == pytest.approx(source_fps) and info.num_frames == count
     assert not info.variable_frame_rate
@@ -191,7 +195,9 @@ def test_resample_indices_on_plain_timestamps():
 
 def test_read_audio_stereo_44k_to_16k_mono(tmp_path):
     left, right = tone(440, 2, 44100), tone(440, 2, 44100, amplitude=0.2)
-    path = write_av(tmp_path / "st.mp4", indexed_frames(50), np.arange(50) / 25, np.stack([left, right]), 44100)
+    path = write_av(
+        tmp_path / "st.mp4", indexed_frames(50), np.arange(50) / 25, np.stack([left, right]), 44100
+    )
     info = probe(path)
     assert (info.sample_rate, info.channels) == (44100, 2)
     audio = read_audio(path, sample_rate=16000)
@@ -224,7 +230,9 @@ def test_read_audio_resamples_without_glitches(tmp_path):
     # as a clean 16 kHz tone (decord 0.6's resampler breaks most of these).
     sources = {
         "aac8k": write_mp4(tmp_path / "low.mp4", indexed_frames(50), 25, tone(500, 2, 8000), 8000),
-        "aac22k": write_av(tmp_path / "mid.mp4", indexed_frames(50), np.arange(50) / 25, tone(500, 2, 22050), 22050),
+        "aac22k": write_av(
+            tmp_path / "mid.mp4", indexed_frames(50), np.arange(50) / 25, tone(500, 2, 22050), 22050
+        ),
         "wav48k": write_wav(tmp_path / "mono.wav", tone(500, 2, 48000), 48000),
         "wav44k": write_wav(tmp_path / "st.wav", np.stack([tone(500, 2, 44100)] * 2), 44100),
     }
@@ -241,7 +249,9 @@ def test_read_audio_resamples_without_glitches(tmp_path):
 
 def test_decord_audio_fallback_agrees_where_no_resampling_is_needed(tmp_path):
     path = write_wav(tmp_path / "x.wav", tone(300, 1, 16000), 16000)
-    np.testing.assert_allclose(_read_audio_decord(path, 16000), read_audio(path, sample_rate=16000), atol=1e-4)
+    np.testing.assert_allclose(
+        _read_audio_decord(path, 16000), read_audio(path, sample_rate=16000), atol=1e-4
+    )
 
 
 def test_read_audio_without_track_raises(tmp_path):
@@ -279,7 +289,9 @@ def test_read_image_modes_and_size(tmp_path):
     rgba[..., 0], rgba[..., 3] = 200, 255
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
     Image.fromarray(np.full((20, 10), 90, dtype=np.uint8), mode="L").save(tmp_path / "g.png")
-    Image.fromarray(np.full((16, 16, 3), (10, 200, 30), dtype=np.uint8)).save(tmp_path / "c.jpg", quality=95)
+    Image.fromarray(np.full((16, 16, 3), (10, 200, 30), dtype=np.uint8)).save(
+        tmp_path / "c.jpg", quality=95
+    )
     Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
 
     image = read_image(tmp_path / "a.png")

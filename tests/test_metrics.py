@@ -21,7 +21,17 @@ from singer.metrics.frechet import (
 from singer.registry import METRICS
 from singer.weights import MissingWeightsError, WeightsChecksumError, sha256_file
 
-OWN_METRICS = ("ssim", "psnr", "motion_fidelity", "audio_stats", "fid_offline", "fvd_offline", "frechet", "fid", "fvd")
+OWN_METRICS = (
+    "ssim",
+    "psnr",
+    "motion_fidelity",
+    "audio_stats",
+    "fid_offline",
+    "fvd_offline",
+    "frechet",
+    "fid",
+    "fvd",
+)
 SR, FPS = 16000, 25.0
 
 
@@ -30,8 +40,16 @@ def _batch(generated, reference=None, *, cues=None, has_cues=None, audio=None) -
     if audio is None:
         t = torch.arange(int(f / FPS * SR)) / SR
         audio = 0.3 * torch.sin(2 * math.pi * 220.0 * t).repeat(b, 1)
-    return EvalBatch(generated=generated, reference=reference, audio=audio, sample_rate=SR, fps=FPS, cues=cues,
-                     has_cues=has_cues, clip_ids=[f"c{i}" for i in range(b)])  # fmt: skip
+    return EvalBatch(
+        generated=generated,
+        reference=reference,
+        audio=audio,
+        sample_rate=SR,
+        fps=FPS,
+        cues=cues,
+        has_cues=has_cues,
+        clip_ids=[f"c{i}" for i in range(b)],
+    )
 
 
 def _video(seed: int, b: int = 2, f: int = 4, size: int = 32) -> torch.Tensor:
@@ -42,7 +60,9 @@ def _video(seed: int, b: int = 2, f: int = 4, size: int = 32) -> torch.Tensor:
 
 def _direct_frechet(mu1, s1, mu2, s2) -> float:
     root = linalg.sqrtm(s1 @ s2)
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(np.real(root)))
+    return float(
+        np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(np.real(root))
+    )
 
 
 # -- Fréchet distance ---------------------------------------------------------------------------
@@ -63,7 +83,9 @@ def test_frechet_shifted_gaussians_is_squared_mean_distance():
     sigma = a @ a.T + 0.1 * np.eye(8)
     mu1, mu2 = rng.standard_normal(8), rng.standard_normal(8)
     for method in ("sqrtm", "eigh"):
-        assert frechet_distance(mu1, sigma, mu2, sigma, method=method) == pytest.approx(np.sum((mu1 - mu2) ** 2), rel=1e-8)
+        assert frechet_distance(mu1, sigma, mu2, sigma, method=method) == pytest.approx(
+            np.sum((mu1 - mu2) ** 2), rel=1e-8
+        )
     assert frechet_distance(mu1, sigma, mu1, sigma) == pytest.approx(0.0, abs=1e-8)
 
 
@@ -97,7 +119,9 @@ def test_running_stats_match_numpy_and_keep_samples_only_while_small():
     other = RunningStats(16)
     other.update(rng.standard_normal((4, 16)) + 1.0)
     exact = frechet_distance_from_samples(small.samples, other.samples)
-    assert frechet_from_stats(small, other) == pytest.approx(exact, rel=1e-12)  # auto → low-rank route
+    assert frechet_from_stats(small, other) == pytest.approx(
+        exact, rel=1e-12
+    )  # auto → low-rank route
     assert frechet_from_stats(small, other, method="eigh") == pytest.approx(exact, rel=1e-8)
     assert math.isnan(frechet_from_stats(RunningStats(16), other))  # an empty set
 
@@ -145,7 +169,9 @@ def test_ssim_self_is_one_and_psnr_closed_form():
     assert ssim.per_clip()["ssim"] == pytest.approx([1.0, 1.0], abs=1e-6)
     psnr = METRICS.build("psnr")
     psnr.update(_batch(ref + 0.1, ref))  # +0.1 in [-1, 1] is +0.05 in [0, 1]: MSE 0.0025
-    assert psnr.compute()["psnr"] == pytest.approx(10 * math.log10(1 / 0.0025), abs=1e-4)  # float32 input
+    assert psnr.compute()["psnr"] == pytest.approx(
+        10 * math.log10(1 / 0.0025), abs=1e-4
+    )  # float32 input
     psnr.reset()
     psnr.update(_batch(ref.clone(), ref))
     assert psnr.compute()["psnr"] == 100.0  # identical frames: capped, not inf
@@ -155,17 +181,36 @@ def test_ssim_psnr_match_scikit_image():
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     ref = _video(3, b=2, f=2, size=24)
-    gen = (ref + 0.15 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(9))).clamp(-1, 1)
+    gen = (ref + 0.15 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(9))).clamp(
+        -1, 1
+    )
     ssim, psnr = METRICS.build("ssim"), METRICS.build("psnr")
     batch = _batch(gen, ref)
     ssim.update(batch)
     psnr.update(batch)
     to01 = lambda v: ((v.double() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()  # noqa: E731
     g, r = to01(gen), to01(ref)
-    want_ssim = [np.mean([structural_similarity(g[i, t], r[i, t], data_range=1.0, channel_axis=-1, gaussian_weights=True,
-                                                sigma=1.5, use_sample_covariance=False) for t in range(2)])
-                 for i in range(2)]  # fmt: skip
-    want_psnr = [np.mean([peak_signal_noise_ratio(r[i, t], g[i, t], data_range=1.0) for t in range(2)]) for i in range(2)]
+    want_ssim = [
+        np.mean(
+            [
+                structural_similarity(
+                    g[i, t],
+                    r[i, t],
+                    data_range=1.0,
+                    channel_axis=-1,
+                    gaussian_weights=True,
+                    sigma=1.5,
+                    use_sample_covariance=False,
+                )
+                for t in range(2)
+            ]
+        )
+        for i in range(2)
+    ]
+    want_psnr = [
+        np.mean([peak_signal_noise_ratio(r[i, t], g[i, t], data_range=1.0) for t in range(2)])
+        for i in range(2)
+    ]
     assert ssim.per_clip()["ssim"] == pytest.approx(want_ssim, abs=1e-6)
     assert psnr.per_clip()["psnr"] == pytest.approx(want_psnr, abs=1e-5)  # float32 input
     assert ssim.compute()["ssim"] == pytest.approx(np.mean(want_ssim), abs=1e-6)
@@ -227,7 +272,9 @@ def test_motion_fidelity_skips_clips_without_cues():
     metric = METRICS.build("motion_fidelity")
     metric.update(_batch(video, None, cues=cues, has_cues=torch.tensor([True, False])))
     per_clip = metric.per_clip()
-    assert all(math.isnan(v[1]) for v in per_clip.values()) and not math.isnan(per_clip["motion/face_rate"][0])
+    assert all(math.isnan(v[1]) for v in per_clip.values()) and not math.isnan(
+        per_clip["motion/face_rate"][0]
+    )
     only_first = METRICS.build("motion_fidelity")
     only_first.update(_batch(video[:1], None, cues=cues[:1], has_cues=torch.tensor([True])))
     for key, value in only_first.compute().items():
@@ -255,14 +302,20 @@ def test_audio_stats_on_sine_and_chirp():
     assert per_clip["audio/median_pitch_hz"][1] == pytest.approx(200.0 * 2**0.5, rel=0.05)
     assert per_clip["audio/f0_range_st"][0] < 0.5 < 8.0 < per_clip["audio/f0_range_st"][1] < 12.5
     assert per_clip["audio/voiced_fraction"][0] > 0.9
-    assert per_clip["audio/rms_db"][0] == pytest.approx(20 * math.log10(0.5 / math.sqrt(2)), abs=0.1)
+    assert per_clip["audio/rms_db"][0] == pytest.approx(
+        20 * math.log10(0.5 / math.sqrt(2)), abs=0.1
+    )
     values = metric.compute()
-    assert values["audio/median_pitch_hz"] == pytest.approx(np.mean(per_clip["audio/median_pitch_hz"]))
+    assert values["audio/median_pitch_hz"] == pytest.approx(
+        np.mean(per_clip["audio/median_pitch_hz"])
+    )
     assert all(isinstance(v, float) for v in values.values())
 
 
 # -- real feature networks (random weights saved to a temporary file) ----------------------------
-@pytest.mark.parametrize("name, key", [("fid", "metric_kwargs.fid.weights"), ("fvd", "metric_kwargs.fvd.weights")])
+@pytest.mark.parametrize(
+    "name, key", [("fid", "metric_kwargs.fid.weights"), ("fvd", "metric_kwargs.fvd.weights")]
+)
 def test_missing_real_weights_name_the_file_to_supply(name, key, tmp_path):
     with pytest.raises(MissingWeightsError) as info:
         METRICS.build(name)
@@ -286,7 +339,9 @@ def inception_file(tmp_path_factory):
 def i3d_file(tmp_path_factory):
     torch.manual_seed(0)
     state = FT.InceptionI3d(num_classes=400).state_dict()
-    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # as in older files
+    state = {
+        k: v for k, v in state.items() if not k.endswith("num_batches_tracked")
+    }  # as in older files
     path = tmp_path_factory.mktemp("weights") / "rgb_i3d.pt"
     torch.save(state, path)
     return path, sha256_file(path)
@@ -332,8 +387,13 @@ def test_fvd_real_mode_loads_checks_and_runs(i3d_file, fvd_metric, tmp_path):
     with torch.no_grad():
         assert metric.net.net(torch.zeros(1, 3, 4, 32, 32), pool=True).shape == (1, 1024)
     broken = tmp_path / "broken.pt"  # a file of another layout
-    torch.save({"features.0.weight": torch.zeros(4, 3, 3, 3), "logits.conv3d.weight": torch.zeros(400, 1024, 1, 1, 1)},
-               broken)  # fmt: skip
+    torch.save(
+        {
+            "features.0.weight": torch.zeros(4, 3, 3, 3),
+            "logits.conv3d.weight": torch.zeros(400, 1024, 1, 1, 1),
+        },
+        broken,
+    )
     with pytest.raises(ValueError, match="I3D layout.*Conv3d_1a_7x7"):
         METRICS.build("fvd", weights=str(broken), sha256=sha256_file(broken), device="cpu")
 
@@ -363,6 +423,8 @@ def test_every_metric_builds_and_survives_reset_update_compute(name, request):
         metric.update(batch)
         metric.update(batch)
         values = metric.compute()
-        assert values and all(isinstance(k, str) and isinstance(v, float) for k, v in values.items())
+        assert values and all(
+            isinstance(k, str) and isinstance(v, float) for k, v in values.items()
+        )
         for key, clips in metric.per_clip().items():
             assert key in values and len(clips) == 2 * b

@@ -14,7 +14,9 @@ from singer.data.prepare import FaceDetector, prepare_folder, run_tasks, square_
 from test_media import frame_ids, indexed_frames, peak_hz, tone, vfr_times, write_av
 
 CUES = ("mouth_open", "mouth_width", "brow", "sway", "eye_close", "nod")
-SETTINGS = dict(size=32, fps=25, sample_rate=16000, clip_seconds=2.0, min_seconds=1.0, progress=False)
+SETTINGS = dict(
+    size=32, fps=25, sample_rate=16000, clip_seconds=2.0, min_seconds=1.0, progress=False
+)
 
 # Long file: each 2 s stretch has its own tone, so a clip's audio shows where it was cut from.
 LONG_TONES = (300, 500, 700, 900, 1100)
@@ -28,26 +30,53 @@ def make_source_folder(src: Path) -> dict[str, str]:
     write_mp4(src / "good25.mp4", indexed_frames(50), 25, tone(440, 2, 16000), 16000)
     # Landscape 96×48 at 30 fps with 44.1 kHz stereo audio.
     stereo = np.stack([tone(660, 2, 44100), tone(660, 2, 44100, 0.2)])
-    write_av(src / "sub" / "landscape30.mp4", indexed_frames(60, 48, 96), np.arange(60) / 30, stereo, 44100)
+    write_av(
+        src / "sub" / "landscape30.mp4",
+        indexed_frames(60, 48, 96),
+        np.arange(60) / 30,
+        stereo,
+        44100,
+    )
     # Portrait 48×96 at 60 fps with 8 kHz mono audio, 1.5 s.
-    write_av(src / "portrait60.mov", indexed_frames(90, 96, 48), np.arange(90) / 60, tone(550, 1.5, 8000)[None], 8000)
+    write_av(
+        src / "portrait60.mov",
+        indexed_frames(90, 96, 48),
+        np.arange(90) / 60,
+        tone(550, 1.5, 8000)[None],
+        8000,
+    )
     # 24 fps in a Matroska container, 48 kHz.
-    write_av(src / "film24.mkv", indexed_frames(36), np.arange(36) / 24, tone(350, 1.5, 48000)[None], 48000)
+    write_av(
+        src / "film24.mkv",
+        indexed_frames(36),
+        np.arange(36) / 24,
+        tone(350, 1.5, 48000)[None],
+        48000,
+    )
     # Variable frame rate.
     times = vfr_times(40)
-    write_av(src / "vfr.mp4", indexed_frames(40), times, tone(400, times[-1] + 0.06, 22050)[None], 22050)
+    write_av(
+        src / "vfr.mp4", indexed_frames(40), times, tone(400, times[-1] + 0.06, 22050)[None], 22050
+    )
     # 9.52 s: four 2 s clips and a 1.52 s tail (kept, as it is ≥ min_seconds).
     long_audio = np.concatenate([tone(f, 2, 16000) for f in LONG_TONES])[: int(9.5 * 16000)]
     long_frames = np.repeat(indexed_frames(5), [50, 50, 50, 50, 38], axis=0)  # colour = segment
     write_mp4(src / "long.mp4", long_frames, 25, long_audio, 16000)
     # A SynthSing-style clip with per-frame truth in meta.jsonl (3 s: one 2 s clip + a 1 s tail).
-    write_mp4(src / "synth" / "clips" / "s0.mp4", indexed_frames(75), 25, tone(480, 3, 16000), 16000)
+    write_mp4(
+        src / "synth" / "clips" / "s0.mp4", indexed_frames(75), 25, tone(480, 3, 16000), 16000
+    )
     truth = {cue: [round(k * 0.01 + j, 4) for j in range(75)] for k, cue in enumerate(CUES)}
     truth["loudness"] = [0.5] * 75
     record = {
-        "file": "clips/s0.mp4", "clip_id": "s0", "kind": "singing", "speaker_id": 3, "fps": 25, "num_frames": 75,
+        "file": "clips/s0.mp4",
+        "clip_id": "s0",
+        "kind": "singing",
+        "speaker_id": 3,
+        "fps": 25,
+        "num_frames": 75,
         "truth": truth,
-    }  # fmt: skip
+    }
     (src / "synth" / "meta.jsonl").write_text(json.dumps(record) + "\n")
 
     # A video without an extension is recognised by its content; an audio file is not a video.
@@ -92,9 +121,16 @@ def test_every_file_is_accounted_for(prepared):
     root, report, expected_skips = prepared
     files = {entry["path"]: entry for entry in report["files"]}
     good = {
-        "good25.mp4", "sub/landscape30.mp4", "portrait60.mov", "film24.mkv", "vfr.mp4", "long.mp4",
-        "synth/clips/s0.mp4", "shortaudio.mp4", "recording",
-    }  # fmt: skip
+        "good25.mp4",
+        "sub/landscape30.mp4",
+        "portrait60.mov",
+        "film24.mkv",
+        "vfr.mp4",
+        "long.mp4",
+        "synth/clips/s0.mp4",
+        "shortaudio.mp4",
+        "recording",
+    }
     assert set(files) == good | set(expected_skips)
     for path in good:
         assert files[path]["status"] == "ok", files[path]
@@ -102,7 +138,9 @@ def test_every_file_is_accounted_for(prepared):
         assert files[path]["status"] == "skipped" and reason in files[path]["reason"], files[path]
         assert files[path]["clips"] == 0
     assert sorted(report["ignored"]) == ["readme.txt", "song.m4a", "synth/meta.jsonl"]
-    assert report["counts"]["ok"] == len(good) and report["counts"]["skipped"] == len(expected_skips)
+    assert report["counts"]["ok"] == len(good) and report["counts"]["skipped"] == len(
+        expected_skips
+    )
     # The synthetic frames hold no face: centre crop, with a note saying so.
     if report["settings"]["face_detector"]:
         assert "no face found; centre crop" in files["good25.mp4"]["notes"]
@@ -121,9 +159,13 @@ def test_clips_have_exact_shapes_audio_and_crops(prepared):
     for entry in index:
         by_source.setdefault(entry["source"], []).append(entry)
     expected_frames = {
-        "good25.mp4": [50], "sub/landscape30.mp4": [50], "portrait60.mov": [37], "film24.mkv": [37],
-        "long.mp4": [50, 50, 50, 50, 38], "synth/clips/s0.mp4": [50, 25],
-    }  # fmt: skip
+        "good25.mp4": [50],
+        "sub/landscape30.mp4": [50],
+        "portrait60.mov": [37],
+        "film24.mkv": [37],
+        "long.mp4": [50, 50, 50, 50, 38],
+        "synth/clips/s0.mp4": [50, 25],
+    }
     for source, counts in expected_frames.items():
         assert [e["num_frames"] for e in by_source[source]] == counts, source
     assert len(by_source["vfr.mp4"]) == 1
@@ -141,7 +183,11 @@ def test_clips_have_exact_shapes_audio_and_crops(prepared):
     assert by_source["sub/landscape30.mp4"][0]["crop"] == [24, 0, 48, 48]
     assert by_source["portrait60.mov"][0]["crop"] == [0, 24, 48, 48]
     with np.load(cache / by_source["shortaudio.mp4"][0]["file"]) as data:
-        assert data["audio"].shape == (32000,) and not data["audio"][17000:].any() and data["audio"][:15000].any()
+        assert (
+            data["audio"].shape == (32000,)
+            and not data["audio"][17000:].any()
+            and data["audio"][:15000].any()
+        )
     assert square_crop_box(96, 48) == (24, 0, 48, 48)
 
 
@@ -215,11 +261,16 @@ def test_rerun_reuses_and_force_redoes(prepared, tmp_path):
 def test_two_workers_give_the_same_index(prepared, tmp_path):
     root, _, _ = prepared
     report = prepare_folder(root / "src", tmp_path / "cache", workers=2, **SETTINGS)
-    assert report["files"] == [dict(f) for f in json.loads((root / "cache" / "report.json").read_text())["files"]]
+    assert report["files"] == [
+        dict(f) for f in json.loads((root / "cache" / "report.json").read_text())["files"]
+    ]
     index = read_index_lines(tmp_path / "cache")
     assert index == read_index_lines(root / "cache")
     for entry in index[:3]:
-        with np.load(tmp_path / "cache" / entry["file"]) as ours, np.load(root / "cache" / entry["file"]) as theirs:
+        with (
+            np.load(tmp_path / "cache" / entry["file"]) as ours,
+            np.load(root / "cache" / entry["file"]) as theirs,
+        ):
             np.testing.assert_array_equal(ours["frames"], theirs["frames"])
             np.testing.assert_array_equal(ours["audio"], theirs["audio"])
 
@@ -235,14 +286,25 @@ def test_a_crashing_worker_does_not_stop_the_batch(tmp_path):
     from singer.data.prepare import Settings
 
     tasks = [
-        {"path": str(tmp_path / name), "rel": name, "out": str(tmp_path), "settings": Settings(),
-         "meta_record": None, "previous_files": []}
+        {
+            "path": str(tmp_path / name),
+            "rel": name,
+            "out": str(tmp_path),
+            "settings": Settings(),
+            "meta_record": None,
+            "previous_files": [],
+        }
         for name in ("a", "crash", "b", "c")
-    ]  # fmt: skip
+    ]
     for task in tasks:
         Path(task["path"]).write_text("x")
     results = {}
-    run_tasks(tasks, workers=2, on_done=lambda task, record: results.update({task["rel"]: record}), worker=exit_on_crash_task)
+    run_tasks(
+        tasks,
+        workers=2,
+        on_done=lambda task, record: results.update({task["rel"]: record}),
+        worker=exit_on_crash_task,
+    )
     assert set(results) == {"a", "crash", "b", "c"}
     assert results["crash"]["status"] == "skipped" and "crashed" in results["crash"]["reason"]
     assert all(results[name]["status"] == "ok" for name in ("a", "b", "c"))
@@ -253,10 +315,19 @@ def test_require_face_skips_faceless_videos(tmp_path):
         pytest.skip("no face detector installed")
     write_mp4(tmp_path / "src" / "a.mp4", indexed_frames(30), 25, tone(440, 1.2, 16000), 16000)
     report = prepare_folder(tmp_path / "src", tmp_path / "cache", require_face=True, **SETTINGS)
-    assert report["files"][0]["status"] == "skipped" and report["files"][0]["reason"] == "no face found"
+    assert (
+        report["files"][0]["status"] == "skipped"
+        and report["files"][0]["reason"] == "no face found"
+    )
     assert not list((tmp_path / "cache" / "clips").glob("*.npz"))
     with pytest.raises(ValueError, match="require_face"):
-        prepare_folder(tmp_path / "src", tmp_path / "cache", require_face=True, detect_faces=False, progress=False)
+        prepare_folder(
+            tmp_path / "src",
+            tmp_path / "cache",
+            require_face=True,
+            detect_faces=False,
+            progress=False,
+        )
 
 
 def test_face_detection_crops_around_the_face(tmp_path):
@@ -269,7 +340,13 @@ def test_face_detection_crops_around_the_face(tmp_path):
     face = cv2.resize(skimage_data.astronaut(), (192, 192), interpolation=cv2.INTER_AREA)
     frame = np.zeros((192, 320, 3), dtype=np.uint8)
     frame[:, 120:312] = face
-    write_mp4(tmp_path / "src" / "face.mp4", np.repeat(frame[None], 30, axis=0), 25, tone(440, 1.2, 16000), 16000)
+    write_mp4(
+        tmp_path / "src" / "face.mp4",
+        np.repeat(frame[None], 30, axis=0),
+        25,
+        tone(440, 1.2, 16000),
+        16000,
+    )
     report = prepare_folder(tmp_path / "src", tmp_path / "cache", **{**SETTINGS, "size": 48})
     assert report["files"][0]["status"] == "ok" and report["files"][0]["notes"] == []
     (entry,) = read_index_lines(tmp_path / "cache")
@@ -285,15 +362,33 @@ def test_command_line(tmp_path):
     src = tmp_path / "videos"
     write_mp4(src / "clip.mp4", indexed_frames(30), 25, tone(440, 1.2, 16000), 16000)
     (src / "broken.mp4").write_text("not a video")
-    command = [sys.executable, "-m", "singer.data.prepare", "--src", str(src), "--out", str(tmp_path / "cache"),
-               "--size", "16", "--no-detect", "--quiet"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    command = [
+        sys.executable,
+        "-m",
+        "singer.data.prepare",
+        "--src",
+        str(src),
+        "--out",
+        str(tmp_path / "cache"),
+        "--size",
+        "16",
+        "--no-detect",
+        "--quiet",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1]
+    )
     assert done.returncode == 0, done.stderr
-    assert "1 ok, 1 skipped" in done.stdout and str(tmp_path / "cache" / "report.json") in done.stdout
+    assert (
+        "1 ok, 1 skipped" in done.stdout and str(tmp_path / "cache" / "report.json") in done.stdout
+    )
     assert len(read_index_lines(tmp_path / "cache")) == 1
 
     missing = subprocess.run(
-        command[:4] + [str(tmp_path / "nope")] + command[5:], capture_output=True, text=True, timeout=120,
+        command[:4] + [str(tmp_path / "nope")] + command[5:],
+        capture_output=True,
+        text=True,
+        timeout=120,
         cwd=Path(__file__).parents[1],
-    )  # fmt: skip
+    )
     assert missing.returncode == 2 and "is not a folder" in missing.stderr

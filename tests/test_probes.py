@@ -41,7 +41,9 @@ def test_a_feature_that_encodes_the_cues_linearly_scores_one():
     targets, groups, rng = _clips()
     mixing = rng.normal(size=(3, 16))
     features = targets @ mixing + 1e-3 * rng.normal(size=(len(targets), 16))
-    features = np.concatenate([features, rng.normal(size=(len(targets), 16))], axis=1)  # + distractors
+    features = np.concatenate(
+        [features, rng.normal(size=(len(targets), 16))], axis=1
+    )  # + distractors
     scores = ridge_probe(features, targets, groups, folds=4)
     assert scores.shape == (4, 3)
     assert np.all(scores > 0.98), scores
@@ -88,7 +90,9 @@ def test_ridge_strength_is_chosen_across_clips():
     one_hot = (groups[:, None] == np.unique(groups)[None, :]).astype(float)
     alphas = [1e-3, 1.0, 1e4]
     assert select_alpha(one_hot, target, groups, alphas).tolist() == [2]
-    signal = np.concatenate([target + 1e-3 * rng.normal(size=target.shape), rng.normal(size=(len(target), 8))], 1)
+    signal = np.concatenate(
+        [target + 1e-3 * rng.normal(size=target.shape), rng.normal(size=(len(target), 8))], 1
+    )
     assert select_alpha(signal, target, groups, alphas).tolist() == [0]
 
 
@@ -118,16 +122,30 @@ def _fake_batches(num_clips=6, frames=8, seed=0):
             audio.append(wav)
             cues.append(np.stack([level, rng.uniform(size=frames)], axis=1))
             ids.append(f"c{c}")
-        batches.append({"audio": torch.tensor(np.array(audio), dtype=torch.float32),
-                        "cues": torch.tensor(np.array(cues), dtype=torch.float32),
-                        "has_cues": torch.ones(3, dtype=torch.bool), "clip_id": ids})  # fmt: skip
+        batches.append(
+            {
+                "audio": torch.tensor(np.array(audio), dtype=torch.float32),
+                "cues": torch.tensor(np.array(cues), dtype=torch.float32),
+                "has_cues": torch.ones(3, dtype=torch.bool),
+                "clip_id": ids,
+            }
+        )
     return batches
 
 
 def test_probe_frontends_at_init_gives_a_table_per_band():
-    protocol = EvalProtocol(band_edges=[0, 1000, 8000], probe_folds=3, seeds=[0, 1], bootstrap=100, metrics=[])
-    rows, errors = probe_frontends(["mel", "raw"], batches=_fake_batches(num_clips=12), protocol=protocol,
-                                   cue_names=["level", "noise"], sample_rate=16000, fps=25, progress=False)  # fmt: skip
+    protocol = EvalProtocol(
+        band_edges=[0, 1000, 8000], probe_folds=3, seeds=[0, 1], bootstrap=100, metrics=[]
+    )
+    rows, errors = probe_frontends(
+        ["mel", "raw"],
+        batches=_fake_batches(num_clips=12),
+        protocol=protocol,
+        cue_names=["level", "noise"],
+        sample_rate=16000,
+        fps=25,
+        progress=False,
+    )
     assert errors == {}
     assert len(rows) == 2 * 3 * 2  # front-ends × (full + 2 bands) × cues
     for row in rows:
@@ -136,18 +154,33 @@ def test_probe_frontends_at_init_gives_a_table_per_band():
     table = {(r["frontend"], r["band"], r["cue"]): r for r in rows}
     # log-mel features at init encode loudness (the 440 Hz tone lives below 1 kHz) far better than noise
     assert table[("mel@init", "full", "level")]["r2"] > 0.2
-    assert table[("mel@init", "full", "level")]["r2"] > table[("mel@init", "full", "noise")]["r2"] + 0.2
-    assert table[("mel@init", "0-1kHz", "level")]["r2"] > table[("mel@init", "1k-8kHz", "level")]["r2"]
+    assert (
+        table[("mel@init", "full", "level")]["r2"]
+        > table[("mel@init", "full", "noise")]["r2"] + 0.2
+    )
+    assert (
+        table[("mel@init", "0-1kHz", "level")]["r2"] > table[("mel@init", "1k-8kHz", "level")]["r2"]
+    )
     assert table[("raw@init", "full", "level")]["r2"] > 0.5
 
 
 def test_probe_frontends_reports_unusable_frontends():
     protocol = EvalProtocol(band_edges=[0, 8000], probe_folds=2, bootstrap=50, metrics=[])
-    common = dict(batches=_fake_batches(), protocol=protocol, cue_names=["level", "noise"], sample_rate=16000,
-                  fps=25, progress=False)  # fmt: skip
+    common = dict(
+        batches=_fake_batches(),
+        protocol=protocol,
+        cue_names=["level", "noise"],
+        sample_rate=16000,
+        fps=25,
+        progress=False,
+    )
     with pytest.raises(UnknownNameError, match="Known frontend names"):
         probe_frontends(["no-such-frontend"], **common)
-    rows, errors = probe_frontends(["wav2vec2", "mel"], overrides={"wav2vec2": ["encoder_layers=1"]},
-                                   on_error="skip", **common)  # fmt: skip
-    assert "MissingWeightsError" in errors["wav2vec2"] and "frontend.pretrained_path" in errors["wav2vec2"]
+    rows, errors = probe_frontends(
+        ["wav2vec2", "mel"], overrides={"wav2vec2": ["encoder_layers=1"]}, on_error="skip", **common
+    )
+    assert (
+        "MissingWeightsError" in errors["wav2vec2"]
+        and "frontend.pretrained_path" in errors["wav2vec2"]
+    )
     assert {r["frontend"] for r in rows} == {"mel@init"}

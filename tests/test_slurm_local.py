@@ -102,6 +102,7 @@ def test_preempted_checkpointable_job_requeues_and_resumes(slurm_cluster, tmp_pa
     state = tmp_path / "state.json"
     executor = launch.make_executor("slurm:local", tmp_path / "jobs", timeout_min=5)
     job = executor.submit(StepSum(), str(state), steps, 0.25)
+
     def progressed() -> bool:
         return state.exists() and json.loads(state.read_text())["i"] >= 3
 
@@ -118,4 +119,8 @@ def test_preempted_checkpointable_job_requeues_and_resumes(slurm_cluster, tmp_pa
     def history() -> list[str]:
         return [row[1] for row in _sacct("-D", "-X", "-j", job.job_id, "-o", "JobID,State")]
 
-    _wait_for(lambda: history() == ["REQUEUED", "COMPLETED"], 20, f"sacct to show the runs of {job.job_id}")
+    _wait_for(
+        lambda: history() == ["REQUEUED", "COMPLETED"],
+        20,
+        f"sacct to show the runs of {job.job_id}",
+    )

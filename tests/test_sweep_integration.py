@@ -30,6 +30,7 @@ from test_sweep import FAST, data_root  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 def write_sweep(tmp_path: Path, data_root: Path, name: str, **fields) -> Path:
     data = {
         "name": name,
@@ -82,15 +83,25 @@ def mlflow_server(tmp_path):
     port = _free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     command = [
-        str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination", str(tmp_path / "server_artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
+        str(mlflow_bin),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "server_artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     uri = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -114,9 +125,16 @@ def _parent_and_children(experiment: str):
     return runs[runs["tags.sweep.role"] == "parent"], runs[runs["tags.sweep.role"] != "parent"]
 
 
-def test_sweep_records_nested_runs_on_an_mlflow_server(tmp_path, data_root, mlflow_server, monkeypatch):
+def test_sweep_records_nested_runs_on_an_mlflow_server(
+    tmp_path, data_root, mlflow_server, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    path = write_sweep(tmp_path, data_root, "served", mlflow={"experiment": "served", "tracking_uri": mlflow_server})
+    path = write_sweep(
+        tmp_path,
+        data_root,
+        "served",
+        mlflow={"experiment": "served", "tracking_uri": mlflow_server},
+    )
     out_dir = tmp_path / "out"
     assert main([str(path), "--out", str(out_dir), "--no-progress", "--poll", "0.2"]) == 0
 
@@ -142,7 +160,9 @@ def test_sweep_runs_on_the_local_slurm_cluster(slurm_cluster, tmp_path, data_roo
     out_dir = tmp_path / "out"
     assert main([str(path), "--out", str(out_dir), "--no-progress", "--poll", "0.5"]) == 0
 
-    study = optuna.load_study(study_name="on_slurm", storage=open_storage(f"journal:{out_dir / 'optuna.journal'}"))
+    study = optuna.load_study(
+        study_name="on_slurm", storage=open_storage(f"journal:{out_dir / 'optuna.journal'}")
+    )
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1]
     assert all(t.state.name == "COMPLETE" for t in trials), [t.user_attrs for t in trials]
@@ -167,24 +187,43 @@ def test_hydra_multirun_with_the_submitit_launcher(tmp_path, data_root):
     assert not (tmp_path / "multirun.db").exists()
     sweep_dir = tmp_path / "multirun"
     command = [
-        sys.executable, "-m", "singer.train", "-m", "frontend=mel,msm",
-        "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1",
-        "trainer=cpu_tiny", "trainer.steps=2", "trainer.val_every=2", "trainer.sample_at_end=false",
-        "trainer.threads=1", "data.synth.clips=4", "data.synth.seconds=2", f"data.root={data_root}",
+        sys.executable,
+        "-m",
+        "singer.train",
+        "-m",
+        "frontend=mel,msm",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.cpus_per_task=1",
+        "trainer=cpu_tiny",
+        "trainer.steps=2",
+        "trainer.val_every=2",
+        "trainer.sample_at_end=false",
+        "trainer.threads=1",
+        "data.synth.clips=4",
+        "data.synth.seconds=2",
+        f"data.root={data_root}",
         f"hydra.sweep.dir={sweep_dir}",
-    ]  # fmt: skip
+    ]
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
-    assert sorted(p.relative_to(sweep_dir).as_posix() for p in sweep_dir.glob("*/checkpoints/last.pt")) == [
-        "0/checkpoints/last.pt", "1/checkpoints/last.pt",
-    ]  # fmt: skip
+    assert sorted(
+        p.relative_to(sweep_dir).as_posix() for p in sweep_dir.glob("*/checkpoints/last.pt")
+    ) == [
+        "0/checkpoints/last.pt",
+        "1/checkpoints/last.pt",
+    ]
     client = mlflow.MlflowClient(uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiment_ids)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    assert sorted(r.data.tags.get("frontend") for r in runs) == ["mel", "msm"], [r.data.tags for r in runs]
+    assert sorted(r.data.tags.get("frontend") for r in runs) == ["mel", "msm"], [
+        r.data.tags for r in runs
+    ]
     assert sorted(r.data.params.get("frontend.name") for r in runs) == ["mel", "msm"]
 
 
@@ -195,9 +234,23 @@ SLOW_TRIAL = ["trainer.steps=24", "trainer.val_every=12", "trainer.ckpt_every=2"
 def _start_driver(path: Path, out_dir: Path, cwd: Path) -> subprocess.Popen:
     """The sweep driver as a user runs it, in its own process (the test watches it from outside)."""
     log = open(out_dir.with_suffix(".log"), "wb")
-    return subprocess.Popen([sys.executable, "-m", "singer.sweep", str(path), "--out", str(out_dir), "--no-progress",
-                             "--poll", "0.5"], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "singer.sweep",
+            str(path),
+            "--out",
+            str(out_dir),
+            "--no-progress",
+            "--poll",
+            "0.5",
+        ],
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _job_record(out_dir: Path, key: str) -> dict | None:
@@ -222,7 +275,9 @@ def _finish(driver: subprocess.Popen, out_dir: Path, timeout_s: float = 240) -> 
         return driver.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _stop(driver)
-        raise AssertionError("the driver did not finish:\n" + out_dir.with_suffix(".log").read_text()[-4000:])
+        raise AssertionError(
+            "the driver did not finish:\n" + out_dir.with_suffix(".log").read_text()[-4000:]
+        )
 
 
 @pytest.mark.slurm
@@ -230,19 +285,35 @@ def test_preempted_trial_requeues_and_ends_as_if_uninterrupted(slurm_cluster, tm
     """SLURM preemption (SIGTERM, then the USR2 signal submitit asked for) of a running trial: the
     job checkpoints, requeues, resumes from its last checkpoint and ends with the value of an
     uninterrupted run, in the same MLflow run."""
-    fields = {"overrides": [*FAST, f"data.root={data_root}", *SLOW_TRIAL],
-              "space": {"trainer.lr": {"type": "choice", "values": [1.0e-3]}}}  # fmt: skip
+    fields = {
+        "overrides": [*FAST, f"data.root={data_root}", *SLOW_TRIAL],
+        "space": {"trainer.lr": {"type": "choice", "values": [1.0e-3]}},
+    }
     reference = write_sweep(tmp_path, data_root, "uninterrupted", **fields)
-    assert main([str(reference), "--out", str(tmp_path / "reference"), "--no-progress", "--poll", "0.2"]) == 0
-    expected = optuna.load_study(study_name="uninterrupted", storage=open_storage(
-        f"journal:{tmp_path / 'reference' / 'optuna.journal'}")).trials[0].value  # fmt: skip
+    assert (
+        main(
+            [str(reference), "--out", str(tmp_path / "reference"), "--no-progress", "--poll", "0.2"]
+        )
+        == 0
+    )
+    expected = (
+        optuna.load_study(
+            study_name="uninterrupted",
+            storage=open_storage(f"journal:{tmp_path / 'reference' / 'optuna.journal'}"),
+        )
+        .trials[0]
+        .value
+    )
 
     path = write_sweep(tmp_path, data_root, "preempted", launcher="slurm:local", **fields)
     out_dir = tmp_path / "preempted"
     driver = _start_driver(path, out_dir, tmp_path)
     try:
-        _wait_for(lambda: _checkpoint_step(out_dir / "trials" / "0000-seed0") >= 4, 120,
-                  "the trial to save a checkpoint past step 4")  # fmt: skip
+        _wait_for(
+            lambda: _checkpoint_step(out_dir / "trials" / "0000-seed0") >= 4,
+            120,
+            "the trial to save a checkpoint past step 4",
+        )
         record = _job_record(out_dir, "0-seed0")
         import submitit
 
@@ -251,16 +322,25 @@ def test_preempted_trial_requeues_and_ends_as_if_uninterrupted(slurm_cluster, tm
     finally:
         _stop(driver)
 
-    trial = optuna.load_study(study_name="preempted", storage=open_storage(
-        f"journal:{out_dir / 'optuna.journal'}")).trials[0]  # fmt: skip
+    trial = optuna.load_study(
+        study_name="preempted", storage=open_storage(f"journal:{out_dir / 'optuna.journal'}")
+    ).trials[0]
     assert trial.state.name == "COMPLETE", trial.user_attrs
     assert trial.value == pytest.approx(expected, rel=1e-6, abs=1e-9)
 
     job_id = record["job_id"]
-    _wait_for(lambda: [row[1] for row in sacct("-D", "-X", "-j", job_id, "-o", "JobID,State")]
-              == ["REQUEUED", "COMPLETED"], 30, f"sacct to show both runs of job {job_id}")  # fmt: skip
+    _wait_for(
+        lambda: (
+            [row[1] for row in sacct("-D", "-X", "-j", job_id, "-o", "JobID,State")]
+            == ["REQUEUED", "COMPLETED"]
+        ),
+        30,
+        f"sacct to show both runs of job {job_id}",
+    )
     _, children = _parent_and_children("preempted")
-    assert len(children) == 1 and children["status"].iloc[0] == "FINISHED"  # resumed its run, no second one
+    assert (
+        len(children) == 1 and children["status"].iloc[0] == "FINISHED"
+    )  # resumed its run, no second one
     assert children["metrics.final/val_loss"].iloc[0] == pytest.approx(expected, rel=1e-6, abs=1e-9)
 
 
@@ -271,19 +351,25 @@ def test_scancelled_trial_is_failed_and_the_sweep_goes_on(slurm_cluster, tmp_pat
     out_dir = tmp_path / "cancelled"
     driver = _start_driver(path, out_dir, tmp_path)
     try:
-        _wait_for(lambda: _checkpoint_step(out_dir / "trials" / "0000-seed0") >= 2, 120,
-                  "trial 0 to be running")  # fmt: skip
+        _wait_for(
+            lambda: _checkpoint_step(out_dir / "trials" / "0000-seed0") >= 2,
+            120,
+            "trial 0 to be running",
+        )
         record = _job_record(out_dir, "0-seed0")
         subprocess.run(["scancel", record["job_id"]], check=True)
         assert _finish(driver, out_dir) == 0, out_dir.with_suffix(".log").read_text()[-4000:]
     finally:
         _stop(driver)
 
-    trials = optuna.load_study(study_name="cancelled", storage=open_storage(
-        f"journal:{out_dir / 'optuna.journal'}")).trials  # fmt: skip
+    trials = optuna.load_study(
+        study_name="cancelled", storage=open_storage(f"journal:{out_dir / 'optuna.journal'}")
+    ).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"], [t.user_attrs for t in trials]
     reason = trials[0].user_attrs.get("fail_reason") or json.dumps(trials[0].user_attrs)
-    assert "CANCEL" in reason.upper() or "killed" in reason.lower() or "signal" in reason.lower(), reason
+    assert "CANCEL" in reason.upper() or "killed" in reason.lower() or "signal" in reason.lower(), (
+        reason
+    )
 
     parent, children = _parent_and_children("cancelled")
     assert parent["status"].iloc[0] == "FINISHED"
@@ -298,24 +384,47 @@ def test_hydra_multirun_on_slurm_with_a_profile(slurm_cluster, tmp_path, data_ro
     uri = f"sqlite:///{tmp_path / 'multirun.db'}"
     sweep_dir = tmp_path / "multirun"
     command = [
-        sys.executable, "-m", "singer.train", "-m", "frontend=mel,msm", "hydra/launcher=slurm_local",
-        "trainer=cpu_tiny", "trainer.steps=2", "trainer.val_every=2", "trainer.sample_at_end=false",
-        "trainer.threads=1", "data.synth.clips=4", "data.synth.seconds=2", f"data.root={data_root}",
+        sys.executable,
+        "-m",
+        "singer.train",
+        "-m",
+        "frontend=mel,msm",
+        "hydra/launcher=slurm_local",
+        "trainer=cpu_tiny",
+        "trainer.steps=2",
+        "trainer.val_every=2",
+        "trainer.sample_at_end=false",
+        "trainer.threads=1",
+        "data.synth.clips=4",
+        "data.synth.seconds=2",
+        f"data.root={data_root}",
         f"hydra.sweep.dir={sweep_dir}",
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, env=dict(os.environ, MLFLOW_TRACKING_URI=uri), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    ]
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=dict(os.environ, MLFLOW_TRACKING_URI=uri),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert len(list(sweep_dir.glob("*/checkpoints/last.pt"))) == 2
 
     # The jobs went through SLURM, with the profile's partition and time limit.
-    job_ids = sorted({p.name.split("_")[0] for p in (sweep_dir / ".submitit").iterdir() if p.name[0].isdigit()})
+    job_ids = sorted(
+        {p.name.split("_")[0] for p in (sweep_dir / ".submitit").iterdir() if p.name[0].isdigit()}
+    )
     assert job_ids, list((sweep_dir / ".submitit").iterdir())
 
     def completed() -> bool:  # accounting may trail the jobs' end by a moment
         rows = sacct("-X", "-j", ",".join(job_ids), "-o", "JobID,State,Partition,Timelimit")
         return len(rows) == 2 and all(r[1:] == ["COMPLETED", "debug", "00:10:00"] for r in rows)
 
-    _wait_for(completed, 30, f"sacct to list the array tasks of {job_ids} as COMPLETED in partition debug")
-    runs = mlflow.MlflowClient(uri).search_runs([e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()])
+    _wait_for(
+        completed, 30, f"sacct to list the array tasks of {job_ids} as COMPLETED in partition debug"
+    )
+    runs = mlflow.MlflowClient(uri).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()]
+    )
     assert sorted(r.data.tags.get("frontend") for r in runs) == ["mel", "msm"]

@@ -24,8 +24,14 @@ from singer.registry import METRICS, MODELS
 from singer.trainer import train
 from singer.weights import MissingWeightsError, WeightsChecksumError, sha256_file
 
-TINY = ["trainer=cpu_tiny", "trainer.threads=2", "data.synth.clips=6", "data.synth.seconds=2.0", "model=syncnet",
-        "tracking.experiment=t-syncnet"]  # fmt: skip
+TINY = [
+    "trainer=cpu_tiny",
+    "trainer.threads=2",
+    "data.synth.clips=6",
+    "data.synth.seconds=2.0",
+    "model=syncnet",
+    "tracking.experiment=t-syncnet",
+]
 
 
 def test_registered_by_name():
@@ -64,12 +70,21 @@ def test_distance_curve_matches_the_protocol_by_hand():
     # zero padding (reference protocol): audio outside the clip is the zero vector
     padded = [torch.zeros(2), *a, torch.zeros(2)]
     expected = [np.mean([float((v[i] - padded[i + j]).norm()) for i in range(3)]) for j in range(3)]
-    torch.testing.assert_close(distance_curve(v, a, vshift, "zeros"), torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(
+        distance_curve(v, a, vshift, "zeros"), torch.tensor(expected, dtype=torch.float64)
+    )
     # valid pairs only
-    valid = [np.mean([float((v[i] - a[i + dd]).norm()) for i in range(3) if 0 <= i + dd < 3]) for dd in (-1, 0, 1)]
-    torch.testing.assert_close(distance_curve(v, a, vshift, "valid"), torch.tensor(valid, dtype=torch.float64))
+    valid = [
+        np.mean([float((v[i] - a[i + dd]).norm()) for i in range(3) if 0 <= i + dd < 3])
+        for dd in (-1, 0, 1)
+    ]
+    torch.testing.assert_close(
+        distance_curve(v, a, vshift, "valid"), torch.tensor(valid, dtype=torch.float64)
+    )
     conf, dist, offset = lse_scores(v, a, vshift, "zeros")
-    assert dist == pytest.approx(min(expected)) and conf == pytest.approx(sorted(expected)[1] - min(expected))
+    assert dist == pytest.approx(min(expected)) and conf == pytest.approx(
+        sorted(expected)[1] - min(expected)
+    )
     assert offset == int(np.argmin(expected)) - vshift
 
 
@@ -86,7 +101,9 @@ def test_mel_windows_follow_the_video_frames():
     assert windows.shape == (2, 6, 80, 16)
     torch.testing.assert_close(windows[:, 2], mel[:, :, 0:16])
     torch.testing.assert_close(windows[:, 5], mel[:, :, 9:25])
-    torch.testing.assert_close(windows[:, 0, :, :8], mel[:, :, :1].expand(-1, -1, 8))  # edge repeated
+    torch.testing.assert_close(
+        windows[:, 0, :, :8], mel[:, :, :1].expand(-1, -1, 8)
+    )  # edge repeated
     # other sample rates are resampled to 16 kHz first
     assert log_mel(torch.randn(1, 8000), sample_rate=8000).shape[-1] == 81
 
@@ -159,7 +176,9 @@ def test_sync_metric_loads_a_checked_state_dict_and_scores(tmp_path):
             module.running_var.uniform_(0.5, 1.5)
     path = tmp_path / "syncnet_v2.pt"
     torch.save(net.state_dict(), path)
-    metric = METRICS.build("sync", weights=str(path), sha256=sha256_file(path), device="cpu", batch_size=4)
+    metric = METRICS.build(
+        "sync", weights=str(path), sha256=sha256_file(path), device="cpu", batch_size=4
+    )
     metric.update(_clip_batch(frames=7))
     values = metric.compute()
     assert set(values) == {"sync_c", "sync_d"} and all(math.isfinite(v) for v in values.values())
@@ -173,7 +192,9 @@ def test_sync_metric_names_what_to_supply(tmp_path):
     with pytest.raises(MissingWeightsError) as info:
         METRICS.build("sync")
     text = str(info.value)
-    assert "SyncNet v2" in text and "metric_kwargs.sync.weights" in text and "syncnet_v2.model" in text
+    assert (
+        "SyncNet v2" in text and "metric_kwargs.sync.weights" in text and "syncnet_v2.model" in text
+    )
     with pytest.raises(MissingWeightsError, match="not a file"):
         METRICS.build("sync", weights=str(tmp_path / "nope.pt"), sha256="0" * 64)
     state = SyncNetV2().state_dict()
@@ -198,7 +219,10 @@ def expert_run(tmp_path_factory):
 
 def test_expert_trains_and_loss_decreases(expert_run):
     assert expert_run.step == 30 and all(np.isfinite(expert_run.losses))
-    assert expert_run.final_loss < expert_run.first_loss, (expert_run.first_loss, expert_run.final_loss)
+    assert expert_run.final_loss < expert_run.first_loss, (
+        expert_run.first_loss,
+        expert_run.final_loss,
+    )
     assert {"train/acc", "train/pos_sim", "train/bce", "train/nce"} <= set(expert_run.metrics)
     model = get_model_spec("syncnet").build(compose(TINY))
     print(f"syncnet params {count_parameters(model):,}")
@@ -211,7 +235,9 @@ def test_expert_training_batch_has_in_clip_and_cross_clip_negatives():
     assert loss.ndim == 0 and math.isfinite(loss.item())
     assert 0 <= logs["acc"] <= 1
     with pytest.raises(ValueError, match="at least 5 frames"):
-        model.training_loss({"video": batch["video"][:, :, :4], "audio": batch["audio"][:, : 4 * 640]})
+        model.training_loss(
+            {"video": batch["video"][:, :, :4], "audio": batch["audio"][:, : 4 * 640]}
+        )
     with pytest.raises(ValueError, match="num_frames"):
         get_model_spec("syncnet").build(compose([*TINY, "trainer.num_frames=4"]))
 
@@ -241,6 +267,8 @@ def test_sync_offline_scores_clips_with_a_trained_expert(expert_run):
 def test_sync_offline_needs_an_expert_checkpoint(tmp_path):
     with pytest.raises(MissingWeightsError) as info:
         METRICS.build("sync_offline")
-    assert "metric_kwargs.sync_offline.checkpoint" in str(info.value) and "model=syncnet" in str(info.value)
+    assert "metric_kwargs.sync_offline.checkpoint" in str(info.value) and "model=syncnet" in str(
+        info.value
+    )
     with pytest.raises(MissingWeightsError, match="no checkpoint at"):
         METRICS.build("sync_offline", checkpoint=str(tmp_path / "missing-run"))

@@ -25,7 +25,16 @@ def _hashes(folder):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "a"
-    records = S.generate_dataset(out, clips=CLIPS, seed=SEED, size=SIZE, seconds=SECONDS, fps=FPS, sample_rate=SR, progress=False)
+    records = S.generate_dataset(
+        out,
+        clips=CLIPS,
+        seed=SEED,
+        size=SIZE,
+        seconds=SECONDS,
+        fps=FPS,
+        sample_rate=SR,
+        progress=False,
+    )
     return out, records
 
 
@@ -37,7 +46,9 @@ def performances():
     for _ in range(3):
         speaker = S.sample_speaker(rng)
         for kind in out:
-            _, _, record = S.synth_clip(rng, kind, size=32, seconds=4.0, fps=FPS, sample_rate=SR, speaker=speaker)
+            _, _, record = S.synth_clip(
+                rng, kind, size=32, seconds=4.0, fps=FPS, sample_rate=SR, speaker=speaker
+            )
             out[kind].append({name: np.asarray(v) for name, v in record["truth"].items()})
     return out
 
@@ -45,9 +56,21 @@ def performances():
 def test_same_seed_gives_identical_bytes_also_with_workers(dataset, tmp_path):
     out, _ = dataset
     again = tmp_path / "b"
-    S.generate_dataset(again, clips=CLIPS, seed=SEED, size=SIZE, seconds=SECONDS, fps=FPS, sample_rate=SR, workers=2, progress=False)
+    S.generate_dataset(
+        again,
+        clips=CLIPS,
+        seed=SEED,
+        size=SIZE,
+        seconds=SECONDS,
+        fps=FPS,
+        sample_rate=SR,
+        workers=2,
+        progress=False,
+    )
     first, second = _hashes(out), _hashes(again)
-    assert set(first) == {"meta.jsonl", "synth.json"} | {f"clips/clip{i:05d}.mp4" for i in range(CLIPS)}
+    assert set(first) == {"meta.jsonl", "synth.json"} | {
+        f"clips/clip{i:05d}.mp4" for i in range(CLIPS)
+    }
     assert first.keys() == second.keys()
     differing = sorted(name for name in first if first[name] != second[name])
     assert not differing, f"files differ between two runs with the same seed: {differing}"
@@ -55,7 +78,9 @@ def test_same_seed_gives_identical_bytes_also_with_workers(dataset, tmp_path):
 
 def test_different_seed_differs(dataset, tmp_path):
     out, records = dataset
-    other = S.generate_dataset(tmp_path / "c", clips=2, seed=SEED + 1, size=SIZE, seconds=SECONDS, progress=False)
+    other = S.generate_dataset(
+        tmp_path / "c", clips=2, seed=SEED + 1, size=SIZE, seconds=SECONDS, progress=False
+    )
     assert other[0]["truth"]["pitch"] != records[0]["truth"]["pitch"]
     assert other[0]["identity"] != records[0]["identity"]
     a = (out / "clips/clip00000.mp4").read_bytes()
@@ -69,11 +94,29 @@ def test_meta_records(dataset):
     assert [json.loads(line) for line in lines] == records
     num_frames = round(SECONDS * FPS)
     for index, record in enumerate(records):
-        for key in ("clip_id", "file", "kind", "speaker_id", "identity", "fps", "sample_rate", "size", "num_frames", "seconds", "seed", "truth"):
+        for key in (
+            "clip_id",
+            "file",
+            "kind",
+            "speaker_id",
+            "identity",
+            "fps",
+            "sample_rate",
+            "size",
+            "num_frames",
+            "seconds",
+            "seed",
+            "truth",
+        ):
             assert key in record, key
         assert (out / record["file"]).is_file()
         assert record["kind"] == ("singing" if index % 2 == 0 else "talking")  # mixed alternates
-        assert (record["fps"], record["sample_rate"], record["size"], record["seed"]) == (FPS, SR, SIZE, SEED)
+        assert (record["fps"], record["sample_rate"], record["size"], record["seed"]) == (
+            FPS,
+            SR,
+            SIZE,
+            SEED,
+        )
         assert record["num_frames"] == num_frames and math.isclose(record["seconds"], SECONDS)
         assert set(record["truth"]) == set(S.AUDIO_CAUSES + S.FACE_CUES)
         assert all(len(values) == num_frames for values in record["truth"].values())
@@ -124,7 +167,9 @@ def test_mp4_streams_read_back_with_decord_and_pyav(dataset):
 
 def test_synth_clip_shapes_and_lengths():
     rng = np.random.default_rng(0)
-    frames, audio, record = S.synth_clip(rng, "talking", size=32, seconds=1.3, fps=30, sample_rate=SR)
+    frames, audio, record = S.synth_clip(
+        rng, "talking", size=32, seconds=1.3, fps=30, sample_rate=SR
+    )
     num_frames = round(1.3 * 30)
     assert frames.shape == (num_frames, 32, 32, 3) and frames.dtype == np.uint8
     assert audio.shape == (round(num_frames / 30 * SR),) and audio.dtype == np.float32
@@ -161,7 +206,9 @@ def test_singing_has_vibrato_held_notes_and_wider_dynamics(performances):
         return np.percentile(level, 95) - np.percentile(level, 5)
 
     sing, talk = performances["singing"], performances["talking"]
-    assert min(vibrato_share(t["pitch"]) for t in sing) > max(vibrato_share(t["pitch"]) for t in talk)
+    assert min(vibrato_share(t["pitch"]) for t in sing) > max(
+        vibrato_share(t["pitch"]) for t in talk
+    )
     assert np.median([voiced_range(t) for t in sing]) > np.median([voiced_range(t) for t in talk])
     for truth in sing:
         assert 170 <= truth["pitch"].min() and truth["pitch"].max() <= 640
@@ -181,7 +228,9 @@ def test_face_follows_the_laws_smoothly(performances):
     for truth in everything:
         frames = np.flatnonzero(truth["onset"])
         frames = frames[frames + 2 < len(truth["nod"])]
-        assert truth["nod"][frames + 2].mean() > truth["nod"][frames].mean() + 0.1  # a bump after onsets
+        assert (
+            truth["nod"][frames + 2].mean() > truth["nod"][frames].mean() + 0.1
+        )  # a bump after onsets
         for name in ("mouth_open", "mouth_width", "brow", "eye_close", "nod"):
             assert np.abs(np.diff(truth[name])).max() < 0.6, name  # no jumps a face could not make
     for truth in performances["singing"]:
@@ -213,7 +262,22 @@ def test_identities_vary_and_render_fast():
 
 
 def test_cli_writes_outputs(tmp_path):
-    S.main(["--out", str(tmp_path / "cli"), "--clips", "1", "--seed", "0", "--kind", "talking", "--size", "32", "--seconds", "0.4"])
+    S.main(
+        [
+            "--out",
+            str(tmp_path / "cli"),
+            "--clips",
+            "1",
+            "--seed",
+            "0",
+            "--kind",
+            "talking",
+            "--size",
+            "32",
+            "--seconds",
+            "0.4",
+        ]
+    )
     records = [json.loads(line) for line in (tmp_path / "cli/meta.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["kind"] == "talking" and records[0]["num_frames"] == 10
     assert (tmp_path / "cli/clips/clip00000.mp4").stat().st_size > 0

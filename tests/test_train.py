@@ -37,13 +37,23 @@ def overrides(data_root, *extra):
 def assert_learns(result):
     """Validation loss (fixed batches and noise) drops clearly, and so does the training loss."""
     assert all(np.isfinite(result.losses))
-    assert result.val_loss < 0.85 * result.initial_val_loss, (result.initial_val_loss, result.val_loss)
+    assert result.val_loss < 0.85 * result.initial_val_loss, (
+        result.initial_val_loss,
+        result.val_loss,
+    )
     assert result.final_loss < result.first_loss, (result.first_loss, result.final_loss)
 
 
 def test_cpu_tiny_singer_trains_and_logs(data_root, tmp_path):
-    cfg = compose(overrides(data_root, "trainer.steps=40", "trainer.val_every=20", "trainer.sample_at_end=true",
-                            "tracking.experiment=t-train"))  # fmt: skip
+    cfg = compose(
+        overrides(
+            data_root,
+            "trainer.steps=40",
+            "trainer.val_every=20",
+            "trainer.sample_at_end=true",
+            "tracking.experiment=t-train",
+        )
+    )
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.step == 40 and len(result.losses) == 40
     assert_learns(result)
@@ -52,15 +62,23 @@ def test_cpu_tiny_singer_trains_and_logs(data_root, tmp_path):
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["status"] == "FINISHED"
-    assert run["params.frontend.name"] == "msm" and run["params.backbone.bottleneck_filter"] == "sfm"
-    assert run["tags.frontend"] == "msm" and run["tags.backbone"] == "unet3d" and run["tags.model"] == "singer"
+    assert (
+        run["params.frontend.name"] == "msm" and run["params.backbone.bottleneck_filter"] == "sfm"
+    )
+    assert (
+        run["tags.frontend"] == "msm"
+        and run["tags.backbone"] == "unet3d"
+        and run["tags.model"] == "singer"
+    )
     assert len(run["tags.git.commit"]) in (40, 7) or run["tags.git.commit"] == "unknown"
     assert run["tags.version.torch"].startswith("2.")
     assert np.isfinite(run["metrics.train/loss"]) and np.isfinite(run["metrics.val/loss"])
     assert int(run["params.params.total"]) > 10_000
 
     # the sample video artifact is a real mp4 with sound
-    local = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="samples", dst_path=str(tmp_path))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run["run_id"], artifact_path="samples", dst_path=str(tmp_path)
+    )
     videos = sorted(Path(local).glob("*.mp4"))
     assert len(videos) == 1
     import decord
@@ -78,7 +96,12 @@ def test_cpu_tiny_singer_trains_and_logs(data_root, tmp_path):
         ["frontend=raw"],
         ["frontend=mel", "backbone.bottleneck_filter=none"],
         ["frontend=sfm"],
-        ["frontend=msm", "frontend.levels=4", "frontend.wavelet=db2", "backbone.bottleneck_filter=none"],
+        [
+            "frontend=msm",
+            "frontend.levels=4",
+            "frontend.wavelet=db2",
+            "backbone.bottleneck_filter=none",
+        ],
         ["frontend=wav2vec2", "frontend.random_init=true", "frontend.encoder_layers=2"],
     ],
     ids=["raw", "mel-nosfm", "sfm", "msm4-db2-nosfm", "wav2vec2"],
@@ -110,15 +133,25 @@ def test_killed_run_resumes_to_identical_weights(data_root, tmp_path):
     """SIGKILL a training process after its first checkpoint, resume it, compare with a clean run."""
     # One thread on both sides: multi-threaded CPU kernels may order their reductions differently
     # in different processes, which changes last bits; resume itself must add no difference.
-    args = overrides(data_root, "trainer.steps=16", "trainer.ckpt_every=4", "trainer.val_every=8",
-                     "trainer.threads=1", "tracking.experiment=t-resume")  # fmt: skip
+    args = overrides(
+        data_root,
+        "trainer.steps=16",
+        "trainer.ckpt_every=4",
+        "trainer.val_every=8",
+        "trainer.threads=1",
+        "tracking.experiment=t-resume",
+    )
     threads = torch.get_num_threads()
     clean = train(compose(args), tmp_path / "clean", progress=False)
 
     killed_dir = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "singer.train", *args, f"out_dir={killed_dir}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "singer.train", *args, f"out_dir={killed_dir}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     ckpt = killed_dir / "checkpoints" / "last.pt"
     deadline = time.time() + 240
     killed_at = -1
@@ -140,8 +173,11 @@ def test_killed_run_resumes_to_identical_weights(data_root, tmp_path):
     a = torch.load(clean.checkpoint, weights_only=True)
     b = torch.load(resumed.checkpoint, weights_only=True)
     for part in ("model", "ema"):
-        mismatched = {k: float((a[part][k].float() - b[part][k].float()).abs().max()) for k in a[part]
-                      if not torch.equal(a[part][k], b[part][k])}  # fmt: skip
+        mismatched = {
+            k: float((a[part][k].float() - b[part][k].float()).abs().max())
+            for k in a[part]
+            if not torch.equal(a[part][k], b[part][k])
+        }
         assert not mismatched, (
             f"{part} differs after resume from step {killed_at} in {len(mismatched)}/{len(a[part])} tensors; "
             f"largest |Δ| {max(mismatched.values()):.3g}: {sorted(mismatched.items(), key=lambda kv: -kv[1])[:3]}"
@@ -155,8 +191,17 @@ def test_killed_run_resumes_to_identical_weights(data_root, tmp_path):
 
 
 def test_non_finite_loss_fails_the_run(data_root, tmp_path):
-    cfg = compose(overrides(data_root, "trainer.steps=3", "trainer.lr=1e30", "trainer.grad_clip=1e30",
-                            "trainer.warmup_steps=1", "frontend=mel", "tracking.experiment=t-nan"))  # fmt: skip
+    cfg = compose(
+        overrides(
+            data_root,
+            "trainer.steps=3",
+            "trainer.lr=1e30",
+            "trainer.grad_clip=1e30",
+            "trainer.warmup_steps=1",
+            "frontend=mel",
+            "tracking.experiment=t-nan",
+        )
+    )
     from singer.trainer import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError):
@@ -179,16 +224,37 @@ def _write_wav(path: Path, seconds: float, sr: int, channels: int) -> None:
 def test_generate_long_audio_from_png(data_root, tmp_path):
     """A 7 s 44.1 kHz stereo wav + an odd-sized RGBA png → an mp4 whose length matches the audio."""
     run_dir = tmp_path / "gen-run"
-    train(compose(overrides(data_root, "trainer.steps=2", "trainer.val_every=2")), run_dir, progress=False)
+    train(
+        compose(overrides(data_root, "trainer.steps=2", "trainer.val_every=2")),
+        run_dir,
+        progress=False,
+    )
     from PIL import Image
 
     face = tmp_path / "face.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 70, 4), dtype=np.uint8), "RGBA").save(face)
+    Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (90, 70, 4), dtype=np.uint8), "RGBA"
+    ).save(face)
     song = tmp_path / "song.wav"
     _write_wav(song, 7.0, 44100, 2)
     out = tmp_path / "out.mp4"
-    cmd = [sys.executable, "-m", "singer.generate", "--checkpoint", str(run_dir), "--image", str(face),
-           "--audio", str(song), "--out", str(out), "--steps", "2", "--seed", "3"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "singer.generate",
+        "--checkpoint",
+        str(run_dir),
+        "--image",
+        str(face),
+        "--audio",
+        str(song),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -213,19 +279,47 @@ def test_generate_long_audio_from_png(data_root, tmp_path):
 
 def test_generate_reports_unreadable_inputs(data_root, tmp_path):
     run_dir = tmp_path / "gen-run"
-    train(compose(overrides(data_root, "trainer.steps=1", "trainer.val_every=1", "frontend=mel")), run_dir,
-          progress=False)  # fmt: skip
+    train(
+        compose(overrides(data_root, "trainer.steps=1", "trainer.val_every=1", "frontend=mel")),
+        run_dir,
+        progress=False,
+    )
     bogus = tmp_path / "notes.wav"
     bogus.write_text("not audio")
     face = tmp_path / "face.png"
     from PIL import Image
 
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(face)
-    base = [sys.executable, "-m", "singer.generate", "--checkpoint", str(run_dir), "--out", str(tmp_path / "o.mp4")]
-    proc = subprocess.run([*base, "--image", str(face), "--audio", str(bogus)], capture_output=True, text=True)
+    base = [
+        sys.executable,
+        "-m",
+        "singer.generate",
+        "--checkpoint",
+        str(run_dir),
+        "--out",
+        str(tmp_path / "o.mp4"),
+    ]
+    proc = subprocess.run(
+        [*base, "--image", str(face), "--audio", str(bogus)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "cannot read audio" in proc.stderr
-    proc = subprocess.run([*base, "--image", str(bogus), "--audio", str(bogus)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [*base, "--image", str(bogus), "--audio", str(bogus)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "cannot read face image" in proc.stderr
-    proc = subprocess.run([*base[:3], "--checkpoint", str(tmp_path / "nowhere"), "--image", str(face),
-                           "--audio", str(bogus), "--out", "x.mp4"], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            *base[:3],
+            "--checkpoint",
+            str(tmp_path / "nowhere"),
+            "--image",
+            str(face),
+            "--audio",
+            str(bogus),
+            "--out",
+            "x.mp4",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr

@@ -19,7 +19,9 @@ def make(seed: int = 0, **overrides) -> UNet3D:
 
 def test_registered_and_default_build():
     assert "unet3d" in BACKBONES.names()
-    model = BACKBONES.build("unet3d", in_channels=3, audio_dim=16, motion_frames=2, bottleneck_filter="sfm")
+    model = BACKBONES.build(
+        "unet3d", in_channels=3, audio_dim=16, motion_frames=2, bottleneck_filter="sfm"
+    )
     assert isinstance(model, UNet3D)
     assert model.channels == (32, 64, 128)
     x, t, audio, ref, motion = inputs(b=1, f=4, size=32, audio_dim=16)
@@ -101,7 +103,9 @@ def test_sfm_is_identity_at_init(size, levels, wavelet):
     assert result.missing_keys and all(k.startswith("bottleneck.") for k in result.missing_keys)
     x, t, audio, ref, motion = inputs(size=size)
     with torch.no_grad():
-        torch.testing.assert_close(on(x, t, audio, ref, motion), off(x, t, audio, ref, motion), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            on(x, t, audio, ref, motion), off(x, t, audio, ref, motion), atol=2e-5, rtol=1e-4
+        )
 
 
 def test_sfm_gains_receive_gradients():
@@ -120,7 +124,9 @@ def test_zero_init_attention_then_audio_is_wired_at_every_resolution():
     other_audio = torch.randn_like(audio)
     with torch.no_grad():
         # Output projections start at zero: audio cannot change the output yet.
-        torch.testing.assert_close(model(x, t, audio, ref, motion), model(x, t, other_audio, ref, motion))
+        torch.testing.assert_close(
+            model(x, t, audio, ref, motion), model(x, t, other_audio, ref, motion)
+        )
 
     # One audio cross-attention per ResBlock on the down path, in the mid block and on the up path.
     blocks = [m for m in model.modules() if isinstance(m, FrameTransformer)]
@@ -164,7 +170,11 @@ def test_frames_interact_only_through_temporal_attention():
         model = make(temporal_attention=temporal, motion_frames=0)
         perturb(model)
         with torch.no_grad():
-            diff = (model(x, t, audio, ref, None) - model(changed, t, audio, ref, None))[:, :, 1:].abs().max()
+            diff = (
+                (model(x, t, audio, ref, None) - model(changed, t, audio, ref, None))[:, :, 1:]
+                .abs()
+                .max()
+            )
         assert (diff > 1e-3) == expect_change, (temporal, diff)
 
 
@@ -223,16 +233,22 @@ def test_grad_checkpointing_same_loss_and_grads():
         model.zero_grad(set_to_none=True)
         loss = model(x, t, audio, ref, motion).pow(2).mean()
         loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
 
     plain_loss, plain_grads = loss_and_grads()
     model.set_grad_checkpointing(True)
     assert model.grad_checkpointing
     ckpt_loss, ckpt_grads = loss_and_grads()
     torch.testing.assert_close(ckpt_loss, plain_loss, rtol=1e-6, atol=1e-7)
-    assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) == len(list(model.parameters()))
+    assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) == len(
+        list(model.parameters())
+    )
     for name in plain_grads:
-        torch.testing.assert_close(ckpt_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(
+            ckpt_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7, msg=name
+        )
     model.set_grad_checkpointing(False)
     assert not model.grad_checkpointing
 
@@ -251,13 +267,17 @@ def test_region_masks_default_off_and_partition_of_unity_is_identity():
     perturb(plain)
     result = gated.load_state_dict(plain.state_dict(), strict=False)
     assert result.unexpected_keys == []
-    assert result.missing_keys and all(k.endswith("audio_region_weights") for k in result.missing_keys)
+    assert result.missing_keys and all(
+        k.endswith("audio_region_weights") for k in result.missing_keys
+    )
     with torch.no_grad():
         base = plain(x, t, audio, ref, motion)
         # audio_regions=0 ignores masks: today's behaviour
         torch.testing.assert_close(plain(x, t, audio, ref, motion, region_masks=masks), base)
         # learned weights start at 1, so masks summing to 1 leave the output unchanged
-        torch.testing.assert_close(gated(x, t, audio, ref, motion, region_masks=masks), base, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            gated(x, t, audio, ref, motion, region_masks=masks), base, atol=2e-5, rtol=1e-4
+        )
         torch.testing.assert_close(gated(x, t, audio, ref, motion), base, atol=2e-5, rtol=1e-4)
 
 

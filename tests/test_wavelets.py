@@ -58,7 +58,9 @@ def test_dwt2d_matches_pywt_and_roundtrips_at_odd_sizes(wavelet, levels):
         coeffs = dwt2d(x, wavelet, levels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            expected = pywt.wavedec2(x.numpy(), wavelet, mode=DEFAULT_MODE, level=levels, axes=(-2, -1))
+            expected = pywt.wavedec2(
+                x.numpy(), wavelet, mode=DEFAULT_MODE, level=levels, axes=(-2, -1)
+            )
         np.testing.assert_allclose(coeffs[0].numpy(), expected[0], atol=1e-10)
         for ours, ref in zip(coeffs[1:], expected[1:]):
             for band, ref_band in zip(ours, ref):
@@ -164,7 +166,9 @@ def test_spectral_filter2d_lowpass_averages_blocks():
     with torch.no_grad():
         module.gains[1:].zero_()  # keep LL only: each 2×2 block becomes its mean
     x = torch.arange(16.0).view(1, 1, 4, 4)
-    expected = torch.nn.functional.avg_pool2d(x, 2).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    expected = (
+        torch.nn.functional.avg_pool2d(x, 2).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    )
     torch.testing.assert_close(module(x), expected, atol=1e-5, rtol=0)
 
 
@@ -184,7 +188,11 @@ def test_filters_and_spectral_frontends_run_under_bf16_autocast():
         y1 = SpectralFilter1d(8, levels=2, wavelet="db2")(torch.randn(2, 8, 37))
         y2 = SpectralFilter2d(8, levels=1)(torch.randn(2, 8, 9, 11))
         for name in ("msm", "sfm"):
-            tokens = FRONTENDS.build(name)(torch.randn(2, 5120) * 0.1, 8, x_t=torch.randn(2, 3, 8, 16, 16),
-                                           t=torch.tensor([10, 900]))  # fmt: skip
+            tokens = FRONTENDS.build(name)(
+                torch.randn(2, 5120) * 0.1,
+                8,
+                x_t=torch.randn(2, 3, 8, 16, 16),
+                t=torch.tensor([10, 900]),
+            )
             assert tokens.shape[:2] == (2, 8) and torch.isfinite(tokens.float()).all()
     assert y1.shape == (2, 8, 37) and y2.shape == (2, 8, 9, 11)

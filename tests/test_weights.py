@@ -13,7 +13,11 @@ from singer.weights import (
     sha256_file,
 )
 
-COMMON = dict(name="test net state dict", config_key="frontend.pretrained_path", hint="ask the lab for test.pt")
+COMMON = dict(
+    name="test net state dict",
+    config_key="frontend.pretrained_path",
+    hint="ask the lab for test.pt",
+)
 
 
 def test_sha256_file_streams(tmp_path):
@@ -27,7 +31,12 @@ def test_missing_path_error_says_what_to_do():
     with pytest.raises(MissingWeightsError) as info:
         resolve_weights(None, sha256=None, sha256_key="frontend.sha256", **COMMON)
     text = str(info.value)
-    for part in ("test net state dict", "frontend.pretrained_path", "frontend.sha256", "ask the lab for test.pt"):
+    for part in (
+        "test net state dict",
+        "frontend.pretrained_path",
+        "frontend.sha256",
+        "ask the lab for test.pt",
+    ):
         assert part in text
 
 

@@ -20,5 +20,13 @@ SPEC = register_model_spec(
     )
 )
 
-__all__ = ["MOTION_CHANNELS", "SPEC", "STAGES", "AniPortrait", "Audio2Motion", "build_aniportrait",
-           "face_box_motion", "render_motion"]  # fmt: skip
+__all__ = [
+    "MOTION_CHANNELS",
+    "SPEC",
+    "STAGES",
+    "AniPortrait",
+    "Audio2Motion",
+    "build_aniportrait",
+    "face_box_motion",
+    "render_motion",
+]

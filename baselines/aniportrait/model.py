@@ -34,14 +34,22 @@ class Audio2Motion(nn.Module):
     (AniPortrait's audio-to-pose model is a transformer too) and read out linearly per frame.
     """
 
-    def __init__(self, frontend: nn.Module, *, width: int = 64, layers: int = 2, heads: int = 4,
-                 outputs: int = K):  # fmt: skip
+    def __init__(
+        self,
+        frontend: nn.Module,
+        *,
+        width: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        outputs: int = K,
+    ):
         super().__init__()
         self.frontend = frontend
         self.width = width
         self.proj = nn.Linear(frontend.tokens * frontend.dim, width)
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True,
-                                           norm_first=True)  # fmt: skip
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.temporal = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, outputs))
 
@@ -71,10 +79,21 @@ class AniPortrait(nn.Module):
     sampling). Classifier-free guidance drops the motion image (``pose``) and/or the reference.
     """
 
-    def __init__(self, audio2motion: Audio2Motion, backbone: nn.Module, codec: nn.Module,
-                 diffusion: GaussianDiffusion, *, stage: str = "both", motion_loss_weight: float = 1.0,
-                 pose_dropout: float = 0.05, ref_dropout: float = 0.05, guidance_drop: Sequence[str] = ("pose",),
-                 motion_frames: int = 2, real_motion: str = "face_box"):  # fmt: skip
+    def __init__(
+        self,
+        audio2motion: Audio2Motion,
+        backbone: nn.Module,
+        codec: nn.Module,
+        diffusion: GaussianDiffusion,
+        *,
+        stage: str = "both",
+        motion_loss_weight: float = 1.0,
+        pose_dropout: float = 0.05,
+        ref_dropout: float = 0.05,
+        guidance_drop: Sequence[str] = ("pose",),
+        motion_frames: int = 2,
+        real_motion: str = "face_box",
+    ):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"model.stage must be one of {', '.join(STAGES)}, got '{stage}'")
@@ -114,7 +133,11 @@ class AniPortrait(nn.Module):
         b, _, f = video.shape[:3]
         cues = batch.get("cues")
         has = batch.get("has_cues")
-        has = torch.zeros(b, dtype=torch.bool, device=video.device) if has is None else has.to(video.device).bool()
+        has = (
+            torch.zeros(b, dtype=torch.bool, device=video.device)
+            if has is None
+            else has.to(video.device).bool()
+        )
         target = REST.to(video.device).repeat(b, f, 1)
         valid = torch.zeros(b, f, K, dtype=torch.bool, device=video.device)
         if cues is not None and has.any():
@@ -176,8 +199,9 @@ class AniPortrait(nn.Module):
             logs["motion_mse"] = motion_loss.item()
             for name, i in CUE.items():
                 if valid[..., i].any():
-                    logs[f"motion_mse/{name}"] = masked_mse(predicted[..., i].float(), target[..., i].float(),
-                                                            valid[..., i]).item()  # fmt: skip
+                    logs[f"motion_mse/{name}"] = masked_mse(
+                        predicted[..., i].float(), target[..., i].float(), valid[..., i]
+                    ).item()
         if self.stage in ("both", "motion2video"):
             video_loss, video_logs = self.video_loss(batch, target, generator)  # teacher forcing
             loss = loss + video_loss
@@ -194,9 +218,16 @@ class AniPortrait(nn.Module):
         return clamp_motion(self.audio2motion(audio, num_frames))
 
     @torch.no_grad()
-    def generate(self, conditions: Conditions, *, steps: int = 40, guidance_scale: float = 3.5,
-                 generator: torch.Generator | None = None, progress: bool = False,
-                 motion: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def generate(
+        self,
+        conditions: Conditions,
+        *,
+        steps: int = 40,
+        guidance_scale: float = 3.5,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        motion: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Audio → predicted motion (or the given ``motion`` ``B×F×K``) → video ``B×3×F×H×W``."""
         audio, num_frames = conditions.audio, conditions.num_frames
         device = audio.device
@@ -221,8 +252,15 @@ class AniPortrait(nn.Module):
             uncond = self._denoise(x_t, t, pose, ref, context, pose_keep_u, ref_keep_u)
             return cfg_combine(cond, uncond, guidance_scale)
 
-        latents = self.diffusion.sample(denoise, (b, c, num_frames, h, w), steps=steps, generator=generator,
-                                        device=device, dtype=ref_latent.dtype, progress=progress)  # fmt: skip
+        latents = self.diffusion.sample(
+            denoise,
+            (b, c, num_frames, h, w),
+            steps=steps,
+            generator=generator,
+            device=device,
+            dtype=ref_latent.dtype,
+            progress=progress,
+        )
         return self.codec.decode(latents).clamp(-1.0, 1.0)
 
 
@@ -238,7 +276,9 @@ def load_stage(model: AniPortrait, path: str, prefixes: tuple[str, ...], key: st
     weights = state.get("ema", state.get("model", state)) if isinstance(state, dict) else state
     part = {k: v for k, v in weights.items() if k.startswith(prefixes)}
     if not part:
-        raise ValueError(f"{key}={path} holds no {'/'.join(prefixes)} weights (is it an aniportrait run?)")
+        raise ValueError(
+            f"{key}={path} holds no {'/'.join(prefixes)} weights (is it an aniportrait run?)"
+        )
     own = model.state_dict()
     wanted = {k for k in own if k.startswith(prefixes)}
     missing = sorted(wanted - part.keys())
@@ -246,7 +286,9 @@ def load_stage(model: AniPortrait, path: str, prefixes: tuple[str, ...], key: st
         raise ValueError(f"{key}={path} lacks {len(missing)} weights, e.g. {missing[:3]}")
     mismatched = [k for k in part if k in own and own[k].shape != part[k].shape]
     if mismatched:
-        raise ValueError(f"{key}={path} was trained at other sizes: {mismatched[:3]} (use the same model config)")
+        raise ValueError(
+            f"{key}={path} was trained at other sizes: {mismatched[:3]} (use the same model config)"
+        )
     model.load_state_dict({**own, **{k: v for k, v in part.items() if k in own}})
 
 
@@ -256,27 +298,56 @@ def build_aniportrait(cfg) -> AniPortrait:
     with component_init(seed, "codec"):
         codec = CODECS.build(cfg.codec.name, **_kwargs(cfg.codec))
     with component_init(seed, "frontend"):
-        frontend = FRONTENDS.build(cfg.frontend.name, sample_rate=cfg.data.sample_rate, fps=cfg.data.fps,
-                                   cond_channels=codec.latent_channels, **_kwargs(cfg.frontend))  # fmt: skip
+        frontend = FRONTENDS.build(
+            cfg.frontend.name,
+            sample_rate=cfg.data.sample_rate,
+            fps=cfg.data.fps,
+            cond_channels=codec.latent_channels,
+            **_kwargs(cfg.frontend),
+        )
     a2m = mc.audio2motion
     with component_init(seed, "audio2motion"):
-        audio2motion = Audio2Motion(frontend, width=int(a2m.width), layers=int(a2m.layers), heads=int(a2m.heads))
+        audio2motion = Audio2Motion(
+            frontend, width=int(a2m.width), layers=int(a2m.layers), heads=int(a2m.heads)
+        )
     backbone_kwargs = _kwargs(cfg.backbone)
     backbone_kwargs.update(audio_attention=False, out_channels=codec.latent_channels)
     with component_init(seed, "backbone"):
-        backbone = BACKBONES.build(cfg.backbone.name, in_channels=codec.latent_channels + MOTION_CHANNELS,
-                                   audio_dim=frontend.dim, motion_frames=mc.motion_frames, **backbone_kwargs)  # fmt: skip
+        backbone = BACKBONES.build(
+            cfg.backbone.name,
+            in_channels=codec.latent_channels + MOTION_CHANNELS,
+            audio_dim=frontend.dim,
+            motion_frames=mc.motion_frames,
+            **backbone_kwargs,
+        )
     model = AniPortrait(
-        audio2motion, backbone, codec, GaussianDiffusion(**_kwargs(mc.diffusion)), stage=str(mc.stage),
-        motion_loss_weight=float(mc.motion_loss_weight), pose_dropout=float(mc.pose_dropout),
-        ref_dropout=float(mc.ref_dropout), guidance_drop=tuple(mc.guidance_drop), motion_frames=int(mc.motion_frames),
+        audio2motion,
+        backbone,
+        codec,
+        GaussianDiffusion(**_kwargs(mc.diffusion)),
+        stage=str(mc.stage),
+        motion_loss_weight=float(mc.motion_loss_weight),
+        pose_dropout=float(mc.pose_dropout),
+        ref_dropout=float(mc.ref_dropout),
+        guidance_drop=tuple(mc.guidance_drop),
+        motion_frames=int(mc.motion_frames),
         real_motion=str(mc.real_motion),
-    )  # fmt: skip
+    )
     checkpoints = mc.get("checkpoints") or {}
     if checkpoints.get("audio2motion"):
-        load_stage(model, str(checkpoints["audio2motion"]), ("audio2motion.",), "model.checkpoints.audio2motion")
+        load_stage(
+            model,
+            str(checkpoints["audio2motion"]),
+            ("audio2motion.",),
+            "model.checkpoints.audio2motion",
+        )
     if checkpoints.get("motion2video"):
-        load_stage(model, str(checkpoints["motion2video"]), ("backbone.", "codec."), "model.checkpoints.motion2video")
+        load_stage(
+            model,
+            str(checkpoints["motion2video"]),
+            ("backbone.", "codec."),
+            "model.checkpoints.motion2video",
+        )
     model.freeze_other_stage()
     return model
 

@@ -40,8 +40,13 @@ def clamp_motion(motion: torch.Tensor) -> torch.Tensor:
 
 
 def _blob(xs, ys, cx, cy, sx, sy) -> torch.Tensor:
-    return torch.exp(-0.5 * (((xs - cx[..., None, None]) / sx[..., None, None]) ** 2
-                             + ((ys - cy[..., None, None]) / sy[..., None, None]) ** 2))  # fmt: skip
+    return torch.exp(
+        -0.5
+        * (
+            ((xs - cx[..., None, None]) / sx[..., None, None]) ** 2
+            + ((ys - cy[..., None, None]) / sy[..., None, None]) ** 2
+        )
+    )
 
 
 def render_motion(motion: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -54,17 +59,34 @@ def render_motion(motion: torch.Tensor, height: int, width: int) -> torch.Tensor
     cy = S.REST_Y + S.NOD_AMP * cue["nod"]
     one = torch.ones_like(cx)
 
-    mouth = _blob(xs, ys, cx, cy + S.MOUTH_Y, S.MOUTH_RX0 + S.MOUTH_RX1 * cue["mouth_width"],
-                  S.MOUTH_RY0 + S.MOUTH_RY1 * cue["mouth_open"] + 0.005)  # fmt: skip
+    mouth = _blob(
+        xs,
+        ys,
+        cx,
+        cy + S.MOUTH_Y,
+        S.MOUTH_RX0 + S.MOUTH_RX1 * cue["mouth_width"],
+        S.MOUTH_RY0 + S.MOUTH_RY1 * cue["mouth_open"] + 0.005,
+    )
     eye_ry = S.EYE_RY * (1.0 - cue["eye_close"]) + 0.004
     eye_cy = cy + S.EYE_Y + S.EYE_RY - eye_ry
     brow_cy = cy + S.BROW_Y - S.BROW_AMP * cue["brow"]
     eyes = torch.zeros_like(mouth)
     brows = torch.zeros_like(mouth)
     for sign in (-1.0, 1.0):
-        eyes = torch.maximum(eyes, _blob(xs, ys, cx + sign * S.EYE_X, eye_cy, S.EYE_RX * one, eye_ry))
-        brows = torch.maximum(brows, _blob(xs, ys, cx + sign * S.BROW_X, brow_cy, S.BROW_HALF_LEN * one,
-                                           S.BROW_HALF_THICK * 1.5 * one))  # fmt: skip
+        eyes = torch.maximum(
+            eyes, _blob(xs, ys, cx + sign * S.EYE_X, eye_cy, S.EYE_RX * one, eye_ry)
+        )
+        brows = torch.maximum(
+            brows,
+            _blob(
+                xs,
+                ys,
+                cx + sign * S.BROW_X,
+                brow_cy,
+                S.BROW_HALF_LEN * one,
+                S.BROW_HALF_THICK * 1.5 * one,
+            ),
+        )
     return torch.stack([mouth, eyes, brows], dim=1) * 2.0 - 1.0
 
 

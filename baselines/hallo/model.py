@@ -28,7 +28,9 @@ def region_weighted_loss(
     """
     batch = x0.shape[0]
     device = generator.device if generator is not None else x0.device
-    t = torch.randint(0, diffusion.num_train_timesteps, (batch,), generator=generator, device=device).to(x0.device)
+    t = torch.randint(
+        0, diffusion.num_train_timesteps, (batch,), generator=generator, device=device
+    ).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
     x_t = diffusion.add_noise(x0, noise, t)
     target = diffusion.target(x0, noise, t)
@@ -37,8 +39,12 @@ def region_weighted_loss(
     weighted = (error * pixel_weight.float()).flatten(1).mean(dim=1)
     weight = diffusion.loss_weight(diffusion.snr(t))
     loss = (weight * weighted).mean()
-    return loss, {"mse": mse.mean().item(), "weighted_mse": weighted.mean().item(),
-                  "weight_mean": weight.mean().item(), "t_mean": t.float().mean().item()}  # fmt: skip
+    return loss, {
+        "mse": mse.mean().item(),
+        "weighted_mse": weighted.mean().item(),
+        "weight_mean": weight.mean().item(),
+        "t_mean": t.float().mean().item(),
+    }
 
 
 class HalloDiffusion(AudioDrivenDiffusion):
@@ -53,15 +59,25 @@ class HalloDiffusion(AudioDrivenDiffusion):
             ``1 + Σ_r loss_weights[r] · mask_r`` (all 0 = the plain diffusion loss).
     """
 
-    def __init__(self, *args, geometry: str = "synthsing", follow_motion: bool = True,
-                 scales: Sequence[float] = (1.0, 1.0, 1.0), loss_weights: Sequence[float] = (0.0, 0.0, 0.0),
-                 **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        *args,
+        geometry: str = "synthsing",
+        follow_motion: bool = True,
+        scales: Sequence[float] = (1.0, 1.0, 1.0),
+        loss_weights: Sequence[float] = (0.0, 0.0, 0.0),
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if geometry not in GEOMETRIES:
-            raise ValueError(f"model.regions.geometry must be one of {', '.join(GEOMETRIES)}, got '{geometry}'")
+            raise ValueError(
+                f"model.regions.geometry must be one of {', '.join(GEOMETRIES)}, got '{geometry}'"
+            )
         for name, values in (("scales", scales), ("loss_weights", loss_weights)):
             if len(values) != len(REGIONS):
-                raise ValueError(f"model.regions.{name} needs one value per region {REGIONS}, got {list(values)}")
+                raise ValueError(
+                    f"model.regions.{name} needs one value per region {REGIONS}, got {list(values)}"
+                )
         if getattr(self.backbone, "audio_regions", 0) not in (0, len(REGIONS)):
             raise ValueError(f"backbone.audio_regions must be 0 or {len(REGIONS)} for hallo")
         self.geometry = geometry
@@ -70,13 +86,30 @@ class HalloDiffusion(AudioDrivenDiffusion):
         self.loss_weights = tuple(float(w) for w in loss_weights)
         self._masks: torch.Tensor | None = None
 
-    def masks(self, batch_size: int, num_frames: int, height: int, width: int, *, device,
-              cues: torch.Tensor | None = None, has_cues: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def masks(
+        self,
+        batch_size: int,
+        num_frames: int,
+        height: int,
+        width: int,
+        *,
+        device,
+        cues: torch.Tensor | None = None,
+        has_cues: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Region masks ``B×3×F×H×W`` for this model's geometry (moving with the cues if asked)."""
         if not self.follow_motion:
             cues = None
-        return region_masks(self.geometry, batch_size, num_frames, height, width, cues=cues, has_cues=has_cues,
-                            device=device)  # fmt: skip
+        return region_masks(
+            self.geometry,
+            batch_size,
+            num_frames,
+            height,
+            width,
+            cues=cues,
+            has_cues=has_cues,
+            device=device,
+        )
 
     @contextmanager
     def _using_masks(self, masks: torch.Tensor | None):
@@ -96,7 +129,9 @@ class HalloDiffusion(AudioDrivenDiffusion):
     def training_loss(self, batch: dict, generator: torch.Generator | None = None):
         video = batch["video"]
         b, _, f, h, w = video.shape
-        masks = self.masks(b, f, h, w, device=video.device, cues=batch.get("cues"), has_cues=batch.get("has_cues"))
+        masks = self.masks(
+            b, f, h, w, device=video.device, cues=batch.get("cues"), has_cues=batch.get("has_cues")
+        )
         with self._using_masks(masks):
             if not any(self.loss_weights):
                 return super().training_loss(batch, generator)
@@ -121,7 +156,9 @@ class HalloDiffusion(AudioDrivenDiffusion):
     def generate(self, conditions: Conditions, **options) -> torch.Tensor:
         """Sampling with static (rest-pose) masks scaled by ``scales`` (no truth at test time)."""
         ref = conditions.ref
-        masks = self.masks(ref.shape[0], conditions.num_frames, ref.shape[-2], ref.shape[-1], device=ref.device)
+        masks = self.masks(
+            ref.shape[0], conditions.num_frames, ref.shape[-2], ref.shape[-1], device=ref.device
+        )
         masks = masks * torch.tensor(self.scales, device=ref.device).view(1, -1, 1, 1, 1)
         with self._using_masks(masks):
             return super().generate(conditions, **options)
@@ -139,11 +176,19 @@ def build_hallo(cfg) -> HalloDiffusion:
     base = build_audio_driven_diffusion(cfg)
     regions = cfg.model.regions
     model = HalloDiffusion(
-        base.frontend, base.backbone, base.codec, base.diffusion,
-        audio_dropout=base.audio_dropout, ref_dropout=base.ref_dropout, guidance_drop=base.guidance_drop,
-        motion_frames=base.motion_frames, geometry=_resolve_geometry(cfg), follow_motion=bool(regions.follow_motion),
-        scales=tuple(regions.scales), loss_weights=tuple(regions.loss_weights),
-    )  # fmt: skip
+        base.frontend,
+        base.backbone,
+        base.codec,
+        base.diffusion,
+        audio_dropout=base.audio_dropout,
+        ref_dropout=base.ref_dropout,
+        guidance_drop=base.guidance_drop,
+        motion_frames=base.motion_frames,
+        geometry=_resolve_geometry(cfg),
+        follow_motion=bool(regions.follow_motion),
+        scales=tuple(regions.scales),
+        loss_weights=tuple(regions.loss_weights),
+    )
     if cfg.model.get("grad_checkpointing") and hasattr(model.backbone, "set_grad_checkpointing"):
         model.backbone.set_grad_checkpointing(True)
     return model

@@ -36,7 +36,10 @@ GEOMETRIES = ("synthsing", "face_box")
 EDGE = 0.04  # soft-edge width, fraction of the frame
 LIP_MARGIN = 0.03
 FACE_EXPAND = 1.2
-SYNTH_FACE_RX, SYNTH_FACE_RY = 0.28, 0.34  # the largest face an identity can have (synth.sample_speaker)
+SYNTH_FACE_RX, SYNTH_FACE_RY = (
+    0.28,
+    0.34,
+)  # the largest face an identity can have (synth.sample_speaker)
 BOX_LIP_DY, BOX_LIP_RX, BOX_LIP_RY = 0.30, 0.25, 0.13  # lip heuristic, in face-box sides
 
 
@@ -72,28 +75,40 @@ def region_masks(
     (and the ``face_box`` geometry) get static masks.
     """
     if geometry not in GEOMETRIES:
-        raise ValueError(f"unknown region geometry '{geometry}'; choose one of {', '.join(GEOMETRIES)}")
+        raise ValueError(
+            f"unknown region geometry '{geometry}'; choose one of {', '.join(GEOMETRIES)}"
+        )
     ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5)[:, None] / height
     xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5)[None, :] / width
     zeros = torch.zeros(batch_size, num_frames, device=device)
     if geometry == "face_box":
         side = 1.0 / FACE_SCALE
         cx, cy = zeros + 0.5, zeros + 0.5
-        lip = _soft_ellipse(xs, ys, cx, cy + BOX_LIP_DY * side, BOX_LIP_RX * side, BOX_LIP_RY * side)
+        lip = _soft_ellipse(
+            xs, ys, cx, cy + BOX_LIP_DY * side, BOX_LIP_RX * side, BOX_LIP_RY * side
+        )
         face = _soft_ellipse(xs, ys, cx, cy, 0.5 * side * FACE_EXPAND, 0.6 * side * FACE_EXPAND)
         return _partition(lip, face)
 
     sway, nod = zeros, zeros
     if cues is not None:
-        keep = torch.ones(batch_size, dtype=torch.bool, device=device) if has_cues is None else has_cues.to(device)
+        keep = (
+            torch.ones(batch_size, dtype=torch.bool, device=device)
+            if has_cues is None
+            else has_cues.to(device)
+        )
         keep = keep.view(-1, 1).float()
         sway = cues[..., S.CUES.index("sway")].float().to(device) * keep
         nod = cues[..., S.CUES.index("nod")].float().to(device) * keep
     cx = S.REST_X + S.SWAY_AMP * sway
     cy = S.REST_Y + S.NOD_AMP * nod
     lip = _soft_ellipse(
-        xs, ys, cx, cy + S.MOUTH_Y,
-        S.MOUTH_RX0 + S.MOUTH_RX1 + LIP_MARGIN, S.MOUTH_RY0 + S.MOUTH_RY1 + LIP_MARGIN,
-    )  # fmt: skip
+        xs,
+        ys,
+        cx,
+        cy + S.MOUTH_Y,
+        S.MOUTH_RX0 + S.MOUTH_RX1 + LIP_MARGIN,
+        S.MOUTH_RY0 + S.MOUTH_RY1 + LIP_MARGIN,
+    )
     face = _soft_ellipse(xs, ys, cx, cy, SYNTH_FACE_RX, SYNTH_FACE_RY)
     return _partition(lip, face)

@@ -27,5 +27,12 @@ SPEC = register_model_spec(
     )
 )
 
-__all__ = ["SPEC", "BufferedAdam", "LipGenerator", "QualityDiscriminator", "Wav2Lip", "build_wav2lip",
-           "mask_lower_half"]  # fmt: skip
+__all__ = [
+    "SPEC",
+    "BufferedAdam",
+    "LipGenerator",
+    "QualityDiscriminator",
+    "Wav2Lip",
+    "build_wav2lip",
+    "mask_lower_half",
+]

@@ -39,7 +39,11 @@ def expert_config(cfg, steps: int | None = None) -> dict:
     syncnet = Path(singer.conf.__file__).parent / "model" / "syncnet.yaml"
     plain["model"] = OmegaConf.to_container(OmegaConf.load(syncnet), resolve=True)
     trainer = dict(plain["trainer"])
-    trainer.update(steps=int(steps if steps is not None else trainer["steps"]), sample_at_end=False, resume=True)
+    trainer.update(
+        steps=int(steps if steps is not None else trainer["steps"]),
+        sample_at_end=False,
+        resume=True,
+    )
     plain["trainer"] = trainer
     plain["out_dir"] = None
     return plain
@@ -86,5 +90,9 @@ def ensure_expert(plain: dict) -> Path:
         # fork_rng: the job's own random streams stay untouched.
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             result = train(validate(OmegaConf.create(cfg)), out, progress=False)
-        done.write_text(json.dumps({"step": result.step, "final_loss": result.final_loss, "run_id": result.run_id}))
+        done.write_text(
+            json.dumps(
+                {"step": result.step, "final_loss": result.final_loss, "run_id": result.run_id}
+            )
+        )
     return out

@@ -40,21 +40,35 @@ from torch import nn
 
 from baselines.wav2lip.expert import TRAIN, ensure_expert, expert_config
 from singer.models.spec import Conditions
-from singer.models.syncnet import MEL_BINS, MEL_STEPS, SYNC_FRAMES, frame_to_mel, load_expert, log_mel, mel_windows
+from singer.models.syncnet import (
+    MEL_BINS,
+    MEL_STEPS,
+    SYNC_FRAMES,
+    frame_to_mel,
+    load_expert,
+    log_mel,
+    mel_windows,
+)
 
 log = logging.getLogger(__name__)
 
 MEL_CENTRE = 2  # the window of frame i starts at frame i-2 (centred: frames i-2 .. i+2)
-_EXPERTS: dict[tuple[str, float], nn.Module] = {}  # one frozen expert per checkpoint file and process
+_EXPERTS: dict[
+    tuple[str, float], nn.Module
+] = {}  # one frozen expert per checkpoint file and process
 
 
 class _Conv(nn.Module):
     """conv → BatchNorm → ReLU; with ``residual`` (same shape in and out) the input is added
     before the ReLU (Wav2Lip's conv block)."""
 
-    def __init__(self, cin: int, cout: int, kernel=3, stride=1, padding=1, *, residual: bool = False):
+    def __init__(
+        self, cin: int, cout: int, kernel=3, stride=1, padding=1, *, residual: bool = False
+    ):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding), nn.BatchNorm2d(cout))
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, cout, kernel, stride, padding), nn.BatchNorm2d(cout)
+        )
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +101,15 @@ class LipGenerator(nn.Module):
     with a transposed conv to the last face stage and climbs back with the skip features.
     """
 
-    def __init__(self, size: int, *, face_channels=(16, 32, 64, 64), audio_channels=(16, 32, 32, 64, 64),
-                 face_dim: int = 64, audio_dim: int = 64):  # fmt: skip
+    def __init__(
+        self,
+        size: int,
+        *,
+        face_channels=(16, 32, 64, 64),
+        audio_channels=(16, 32, 32, 64, 64),
+        face_dim: int = 64,
+        audio_dim: int = 64,
+    ):
         super().__init__()
         self.size = int(size)
         self.sides = face_sides(self.size)
@@ -110,12 +131,20 @@ class LipGenerator(nn.Module):
             h, w = body(torch.zeros(2, 1, MEL_BINS, MEL_STEPS)).shape[-2:]
         self.audio_encoder = nn.Sequential(body, _Conv(audio[-1], audio_dim, (h, w), 1, 0))  # → 1×1
 
-        self.up_first = nn.Sequential(nn.ConvTranspose2d(face_dim + audio_dim, widths[-1], bottom),
-                                      nn.BatchNorm2d(widths[-1]), nn.ReLU())  # fmt: skip
+        self.up_first = nn.Sequential(
+            nn.ConvTranspose2d(face_dim + audio_dim, widths[-1], bottom),
+            nn.BatchNorm2d(widths[-1]),
+            nn.ReLU(),
+        )
         self.up = nn.ModuleList()
         for k in range(len(widths) - 1, 0, -1):  # at side k, with skip k → towards side k-1
-            self.up.append(nn.Sequential(_Conv(2 * widths[k], widths[k]), _Conv(widths[k], widths[k], residual=True),
-                                         _Conv(widths[k], widths[k - 1])))  # fmt: skip
+            self.up.append(
+                nn.Sequential(
+                    _Conv(2 * widths[k], widths[k]),
+                    _Conv(widths[k], widths[k], residual=True),
+                    _Conv(widths[k], widths[k - 1]),
+                )
+            )
         self.out = nn.Sequential(_Conv(2 * widths[0], widths[0]), nn.Conv2d(widths[0], 3, 1))
 
     def forward(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
@@ -156,7 +185,9 @@ class BufferedAdam(nn.Module):
     """Adam for a fixed list of parameters, its moments kept as buffers (so they are saved and
     restored with the owning model's state dict)."""
 
-    def __init__(self, params: list[nn.Parameter], *, lr: float, betas=(0.5, 0.999), eps: float = 1e-8):
+    def __init__(
+        self, params: list[nn.Parameter], *, lr: float, betas=(0.5, 0.999), eps: float = 1e-8
+    ):
         super().__init__()
         self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
         self.count = len(params)
@@ -224,26 +255,44 @@ class Wav2Lip(nn.Module):
             ``disc_lr``/``disc_betas``: its Adam.
     """
 
-    def __init__(self, generator: LipGenerator, *, fps: float = 25.0, sample_rate: int = 16000,
-                 expert: str | None = None, expert_config: dict | None = None, sync_weight: float = 0.03,
-                 discriminator: QualityDiscriminator | None = None, disc_weight: float = 0.07,
-                 disc_lr: float = 1e-4, disc_betas=(0.5, 0.999)):  # fmt: skip
+    def __init__(
+        self,
+        generator: LipGenerator,
+        *,
+        fps: float = 25.0,
+        sample_rate: int = 16000,
+        expert: str | None = None,
+        expert_config: dict | None = None,
+        sync_weight: float = 0.03,
+        discriminator: QualityDiscriminator | None = None,
+        disc_weight: float = 0.07,
+        disc_lr: float = 1e-4,
+        disc_betas=(0.5, 0.999),
+    ):
         super().__init__()
         self.generator = generator
         self.fps, self.sample_rate = float(fps), int(sample_rate)
         self.expert_path = None if expert in (None, "", "null") else str(expert)
         if self.expert_path == TRAIN and expert_config is None:
-            raise ValueError("wav2lip: model.sync.expert=train needs the expert's config (build with build_wav2lip)")
+            raise ValueError(
+                "wav2lip: model.sync.expert=train needs the expert's config (build with build_wav2lip)"
+            )
         self.expert_config = expert_config
         self.sync_weight = float(sync_weight) if self.expert_path else 0.0
         self.discriminator = discriminator
         self.disc_weight = float(disc_weight) if discriminator is not None else 0.0
         if self.sync_weight < 0 or self.disc_weight < 0 or self.sync_weight + self.disc_weight >= 1:
-            raise ValueError(f"wav2lip needs sync.weight, disc.weight ≥ 0 with sum < 1 (the rest weights L1); "
-                             f"got {self.sync_weight} + {self.disc_weight}")  # fmt: skip
+            raise ValueError(
+                f"wav2lip needs sync.weight, disc.weight ≥ 0 with sum < 1 (the rest weights L1); "
+                f"got {self.sync_weight} + {self.disc_weight}"
+            )
         if discriminator is not None:
-            discriminator.requires_grad_(False)  # stepped by disc_optimizer below, never by the trainer
-            self.disc_optimizer = BufferedAdam(list(discriminator.parameters()), lr=disc_lr, betas=disc_betas)
+            discriminator.requires_grad_(
+                False
+            )  # stepped by disc_optimizer below, never by the trainer
+            self.disc_optimizer = BufferedAdam(
+                list(discriminator.parameters()), lr=disc_lr, betas=disc_betas
+            )
         self._warned_no_expert = False
 
     # pieces ----------------------------------------------------------------------------------
@@ -304,8 +353,11 @@ class Wav2Lip(nn.Module):
                 torch.distributed.all_reduce(grad)
                 grad.div_(world)
         self.disc_optimizer.step(params, grads)
-        return {"d_loss": float(loss.detach()), "d_real": float(torch.sigmoid(real_logit.detach()).mean()),
-                "d_fake": float(torch.sigmoid(fake_logit.detach()).mean())}  # fmt: skip
+        return {
+            "d_loss": float(loss.detach()),
+            "d_real": float(torch.sigmoid(real_logit.detach()).mean()),
+            "d_fake": float(torch.sigmoid(fake_logit.detach()).mean()),
+        }
 
     # training --------------------------------------------------------------------------------
     def training_loss(self, batch: dict, generator: torch.Generator | None = None):
@@ -319,14 +371,18 @@ class Wav2Lip(nn.Module):
         sync_weight = self.sync_weight
         if self.expert_path is None and self.training and not self._warned_no_expert:
             self._warned_no_expert = True
-            message = ("wav2lip: no lip-sync expert given (model.sync.expert is null), so it trains WITHOUT the "
-                       "sync loss (L1 reconstruction only, plus the discriminator if on). Train one with "
-                       "`python -m singer.train model=syncnet ...` and set model.sync.expert=<that run>, or set "
-                       "model.sync.expert=train to train it in this job first.")  # fmt: skip
+            message = (
+                "wav2lip: no lip-sync expert given (model.sync.expert is null), so it trains WITHOUT the "
+                "sync loss (L1 reconstruction only, plus the discriminator if on). Train one with "
+                "`python -m singer.train model=syncnet ...` and set model.sync.expert=<that run>, or set "
+                "model.sync.expert=train to train it in this job first."
+            )
             log.warning(message)
             warnings.warn(message, stacklevel=2)
         if sync_weight > 0 and f < SYNC_FRAMES:
-            raise ValueError(f"wav2lip's sync loss needs clips of ≥ {SYNC_FRAMES} frames (trainer.num_frames={f})")
+            raise ValueError(
+                f"wav2lip's sync loss needs clips of ≥ {SYNC_FRAMES} frames (trainer.num_frames={f})"
+            )
         disc_weight = self.disc_weight
         recon_weight = 1.0 - sync_weight - disc_weight
         loss = recon_weight * l1
@@ -353,14 +409,23 @@ class Wav2Lip(nn.Module):
         ref, f = conditions.ref, int(conditions.num_frames)
         size = ref.shape[-2:]
         if tuple(size) != (self.size, self.size):
-            ref = F.interpolate(ref.float(), size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                antialias=True)  # fmt: skip
+            ref = F.interpolate(
+                ref.float(),
+                size=(self.size, self.size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         pose = ref.unsqueeze(2).expand(-1, -1, f, -1, -1)
         video = self.render(pose, ref, conditions.audio)
         if tuple(size) != (self.size, self.size):
             b = video.shape[0]
-            frames = F.interpolate(video.transpose(1, 2).reshape(b * f, 3, self.size, self.size), size=tuple(size),
-                                   mode="bilinear", align_corners=False)  # fmt: skip
+            frames = F.interpolate(
+                video.transpose(1, 2).reshape(b * f, 3, self.size, self.size),
+                size=tuple(size),
+                mode="bilinear",
+                align_corners=False,
+            )
             video = frames.reshape(b, f, 3, *size).transpose(1, 2)
         return video.clamp(-1, 1)
 
@@ -368,17 +433,31 @@ class Wav2Lip(nn.Module):
 def build_wav2lip(cfg) -> Wav2Lip:
     """Build from a composed config (``model`` section; frame size from ``trainer.size``)."""
     mc = cfg.model
-    gen = LipGenerator(int(cfg.trainer.size), face_channels=list(mc.face_channels),
-                       audio_channels=list(mc.audio_channels), face_dim=int(mc.face_dim),
-                       audio_dim=int(mc.audio_dim))  # fmt: skip
+    gen = LipGenerator(
+        int(cfg.trainer.size),
+        face_channels=list(mc.face_channels),
+        audio_channels=list(mc.audio_channels),
+        face_dim=int(mc.face_dim),
+        audio_dim=int(mc.audio_dim),
+    )
     disc_cfg = mc.disc
     disc = QualityDiscriminator(list(disc_cfg.channels)) if disc_cfg.enabled else None
     expert = mc.sync.expert
     if expert and int(cfg.trainer.num_frames) < SYNC_FRAMES:
-        raise ValueError(f"wav2lip's sync loss needs trainer.num_frames ≥ {SYNC_FRAMES} (one 0.2 s window), got "
-                         f"{cfg.trainer.num_frames}; or set model.sync.expert=null to train without it")  # fmt: skip
+        raise ValueError(
+            f"wav2lip's sync loss needs trainer.num_frames ≥ {SYNC_FRAMES} (one 0.2 s window), got "
+            f"{cfg.trainer.num_frames}; or set model.sync.expert=null to train without it"
+        )
     in_job = expert_config(cfg, mc.sync.get("train_steps")) if expert == TRAIN else None
-    return Wav2Lip(gen, fps=float(cfg.data.fps), sample_rate=int(cfg.data.sample_rate), expert=expert,
-                   expert_config=in_job, sync_weight=float(mc.sync.weight), discriminator=disc,
-                   disc_weight=float(disc_cfg.weight), disc_lr=float(disc_cfg.lr),
-                   disc_betas=tuple(disc_cfg.betas))  # fmt: skip
+    return Wav2Lip(
+        gen,
+        fps=float(cfg.data.fps),
+        sample_rate=int(cfg.data.sample_rate),
+        expert=expert,
+        expert_config=in_job,
+        sync_weight=float(mc.sync.weight),
+        discriminator=disc,
+        disc_weight=float(disc_cfg.weight),
+        disc_lr=float(disc_cfg.lr),
+        disc_betas=tuple(disc_cfg.betas),
+    )

@@ -5,7 +5,13 @@ Importing this package registers every front-end in ``singer.registry.FRONTENDS`
 ``wav2vec2``. Build one by name: ``FRONTENDS.build("msm", levels=3, wavelet="db2")``.
 """
 
-from singer.audio.base import AudioFrontend, FeatureExtractor, FeatureFrontend, TokenProjector, frame_windows
+from singer.audio.base import (
+    AudioFrontend,
+    FeatureExtractor,
+    FeatureFrontend,
+    TokenProjector,
+    frame_windows,
+)
 from singer.audio.mel import MelFeatures, MelFrontend
 from singer.audio.msm import MSMFrontend
 from singer.audio.raw import RawFeatures, RawFrontend

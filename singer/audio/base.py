@@ -60,7 +60,9 @@ def frame_windows(
     # Fractional feature index of every frame centre; the window takes the W features whose
     # centres fall in [centre − W/2, centre + W/2), i.e. the first index is ceil(centre − W/2).
     # The epsilon keeps float error from moving an exact integer boundary up by one.
-    centres = (torch.arange(num_frames, device=device, dtype=torch.float64) + 0.5) * (rate / fps) - offset
+    centres = (torch.arange(num_frames, device=device, dtype=torch.float64) + 0.5) * (
+        rate / fps
+    ) - offset
     first = torch.ceil(centres - width / 2 - 1e-9).long()
     index = first[:, None] + torch.arange(width, device=device)[None, :]  # F×W
     valid = (index >= 0) & (index < steps)
@@ -82,7 +84,9 @@ def sample_at_frames(
     """
     steps = features.shape[1]
     padded = torch.nn.functional.pad(features, (0, 0, 1, 1))  # B×(T+2)×C, zero at both ends
-    position = (torch.arange(num_frames, device=features.device, dtype=torch.float64) + 0.5) * (rate / fps)
+    position = (torch.arange(num_frames, device=features.device, dtype=torch.float64) + 0.5) * (
+        rate / fps
+    )
     position = (position - offset + 1.0).clamp(0.0, steps + 1.0)  # index into ``padded``
     lower = position.floor().long().clamp(max=steps + 1)
     upper = (lower + 1).clamp(max=steps + 1)
@@ -93,7 +97,9 @@ def sample_at_frames(
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of diffusion timesteps ``t: B`` → ``B×dim`` (float32)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+    )
     angles = t.float()[:, None] * freqs[None, :]
     emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
     if dim % 2:
@@ -181,10 +187,17 @@ class AudioFrontend(nn.Module):
         """``W``: feature steps at ``rate`` Hz in one per-frame window of ``2·window + 1`` frames."""
         return window_length(self.window, rate, self.fps)
 
-    def windows(self, features: torch.Tensor, num_frames: int, *, rate: float, offset: float) -> torch.Tensor:
+    def windows(
+        self, features: torch.Tensor, num_frames: int, *, rate: float, offset: float
+    ) -> torch.Tensor:
         """Features ``B×T×C`` → per-frame windows ``B×F×W×C`` with this front-end's fps and window."""
         return frame_windows(
-            features, rate=rate, num_frames=num_frames, fps=self.fps, window=self.window, offset=offset
+            features,
+            rate=rate,
+            num_frames=num_frames,
+            fps=self.fps,
+            window=self.window,
+            offset=offset,
         )
 
     def forward(
@@ -231,7 +244,9 @@ class FeatureFrontend(AudioFrontend):
     ) -> torch.Tensor:
         """``wav: B×S``, ``x_t: B×C×F×H×W``, ``t: B`` → tokens ``B×F×N×D``."""
         feats = self.transform(self.features(wav), x_t, t)
-        windows = self.windows(feats, num_frames, rate=self.encoder.rate, offset=self.encoder.offset)
+        windows = self.windows(
+            feats, num_frames, rate=self.encoder.rate, offset=self.encoder.offset
+        )
         return self.projector(windows)
 
 
@@ -242,6 +257,12 @@ def build_base_extractor(base: str, *, sample_rate: int, **kwargs) -> FeatureExt
     frontend_cls = FRONTENDS.get(base)
     extractor_cls = getattr(frontend_cls, "feature_extractor", None)
     if extractor_cls is None:
-        usable = [n for n in FRONTENDS.names() if getattr(FRONTENDS.get(n), "feature_extractor", None) is not None]
-        raise ValueError(f"front-end '{base}' has no feature extractor to build on; use one of: {', '.join(usable)}")
+        usable = [
+            n
+            for n in FRONTENDS.names()
+            if getattr(FRONTENDS.get(n), "feature_extractor", None) is not None
+        ]
+        raise ValueError(
+            f"front-end '{base}' has no feature extractor to build on; use one of: {', '.join(usable)}"
+        )
     return extractor_cls(sample_rate=sample_rate, **kwargs)

@@ -43,7 +43,9 @@ class MelFeatures(FeatureExtractor):
     ):
         super().__init__()
         if normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+            raise ValueError(
+                f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}"
+            )
         self.channels = channels
         self.rate = sample_rate / hop_length
         self.offset = 0.0

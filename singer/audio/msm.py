@@ -72,7 +72,9 @@ class MSMFrontend(FeatureFrontend):
         super().__init__(encoder=encoder, hidden=hidden, sample_rate=sample_rate, **common)
         channels = encoder.channels
         if gain_groups < 1 or channels % gain_groups:
-            raise ValueError(f"gain_groups must divide the {channels} feature channels, got {gain_groups}")
+            raise ValueError(
+                f"gain_groups must divide the {channels} feature channels, got {gain_groups}"
+            )
         self.base = base
         self.levels = levels
         self.wavelet = wavelet
@@ -117,7 +119,9 @@ class MSMFrontend(FeatureFrontend):
         if t is not None:
             t = torch.as_tensor(t, device=weight.device)
             t = t.expand(batch_size) if t.dim() == 0 else t
-            hidden = hidden + self.time_proj(timestep_embedding(t, self.cond_hidden).to(weight.dtype))
+            hidden = hidden + self.time_proj(
+                timestep_embedding(t, self.cond_hidden).to(weight.dtype)
+            )
         logits = self.gain_out(F.silu(hidden))
         return 2.0 * torch.sigmoid(logits).view(batch_size, self.levels + 1, self.gain_groups)
 
@@ -134,7 +138,9 @@ class MSMFrontend(FeatureFrontend):
         dtype = features.dtype
         signal = features.transpose(1, 2).to(compute_dtype(dtype))  # B×C×T
         channels, steps = signal.shape[1], signal.shape[2]
-        per_channel = gains.to(signal.dtype).repeat_interleave(channels // gains.shape[-1], dim=-1)  # B×(L+1)×C
+        per_channel = gains.to(signal.dtype).repeat_interleave(
+            channels // gains.shape[-1], dim=-1
+        )  # B×(L+1)×C
         coeffs = dwt1d(signal, self.wavelet, self.levels, self.mode)
         scaled = [band * per_channel[:, i, :, None] for i, band in enumerate(coeffs)]
         return idwt1d(scaled, self.wavelet, length=steps).transpose(1, 2).to(dtype)

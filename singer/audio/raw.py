@@ -21,7 +21,9 @@ class RawFeatures(FeatureExtractor):
     i.e. 100 Hz at 16 kHz. No normalisation layers: absolute loudness stays in the features.
     """
 
-    def __init__(self, *, sample_rate: int = 16000, channels: int = 32, strides: tuple[int, ...] = (4, 4, 10)):
+    def __init__(
+        self, *, sample_rate: int = 16000, channels: int = 32, strides: tuple[int, ...] = (4, 4, 10)
+    ):
         super().__init__()
         strides = tuple(int(s) for s in strides)
         if not strides or any(s < 2 or s % 2 for s in strides):
@@ -35,7 +37,15 @@ class RawFeatures(FeatureExtractor):
         layers: list[nn.Module] = []
         in_channels = 1
         for i, stride in enumerate(strides):
-            layers.append(nn.Conv1d(in_channels, channels, kernel_size=2 * stride, stride=stride, padding=stride // 2))
+            layers.append(
+                nn.Conv1d(
+                    in_channels,
+                    channels,
+                    kernel_size=2 * stride,
+                    stride=stride,
+                    padding=stride // 2,
+                )
+            )
             if i < len(strides) - 1:
                 layers.append(nn.GELU())
             in_channels = channels

@@ -37,7 +37,7 @@ RECEPTIVE_FIELD = 400
 
 WEIGHTS_HINT = (
     "on a machine with network access run\n"
-    "      python -c \"import torch, torchaudio; "
+    '      python -c "import torch, torchaudio; '
     "torch.save(torchaudio.pipelines.WAV2VEC2_BASE.get_model().state_dict(), 'wav2vec2_base.pt')\"\n"
     "    (or convert a Hugging Face facebook/wav2vec2-base checkpoint with "
     "torchaudio.models.wav2vec2.utils.import_huggingface_model and save its state_dict()),\n"
@@ -111,7 +111,9 @@ class Wav2Vec2Frontend(AudioFrontend):
         if not 1 <= encoder_layers <= MAX_LAYERS:
             raise ValueError(f"encoder_layers must be in 1..{MAX_LAYERS}, got {encoder_layers}")
         if self.sample_rate != 16000:
-            raise ValueError(f"wav2vec2-base expects 16 kHz audio, got sample_rate={self.sample_rate}")
+            raise ValueError(
+                f"wav2vec2-base expects 16 kHz audio, got sample_rate={self.sample_rate}"
+            )
         self.encoder_layers = encoder_layers
         self.normalize_wav = normalize_wav
         self.encoder = build_wav2vec2_base(encoder_layers)
@@ -155,7 +157,10 @@ class Wav2Vec2Frontend(AudioFrontend):
         feats = self.features(wav)
         rate = self.sample_rate / HOP
         offset = (RECEPTIVE_FIELD / 2) / HOP  # 0.625: frame centres, see HOP above
-        per_frame = sample_at_frames(feats, rate=rate, num_frames=num_frames, fps=self.fps, offset=offset)
-        windows = frame_windows(per_frame, rate=self.fps, num_frames=num_frames, fps=self.fps, window=self.window)
+        per_frame = sample_at_frames(
+            feats, rate=rate, num_frames=num_frames, fps=self.fps, offset=offset
+        )
+        windows = frame_windows(
+            per_frame, rate=self.fps, num_frames=num_frames, fps=self.fps, window=self.window
+        )
         return self.projector(windows.to(self.projector.mlp[0].weight.dtype))
-

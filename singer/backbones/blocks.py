@@ -39,7 +39,9 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
-def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def sinusoidal_embedding(
+    positions: torch.Tensor, dim: int, max_period: float = 10000.0
+) -> torch.Tensor:
     """Sinusoidal features of (possibly fractional) positions.
 
     Args:
@@ -51,7 +53,9 @@ def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 
     """
     half = dim // 2
     freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=positions.device) / max(half, 1)
+        -math.log(max_period)
+        * torch.arange(half, dtype=torch.float32, device=positions.device)
+        / max(half, 1)
     )
     args = positions.float().unsqueeze(-1) * freqs
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
@@ -66,7 +70,9 @@ class TimestepEmbedding(nn.Module):
     def __init__(self, base_dim: int, embed_dim: int):
         super().__init__()
         self.base_dim = base_dim
-        self.mlp = nn.Sequential(nn.Linear(base_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(base_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim)
+        )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(sinusoidal_embedding(t, self.base_dim))
@@ -87,7 +93,11 @@ class ResBlock2d(nn.Module):
         self.norm2 = norm2d(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.skip = (
+            nn.Conv2d(in_channels, out_channels, 1)
+            if in_channels != out_channels
+            else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -147,7 +157,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
-        q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
+        q, k, v = (
+            self._split(self.to_q(x)),
+            self._split(self.to_k(context)),
+            self._split(self.to_v(context)),
+        )
         out = F.scaled_dot_product_attention(q, k, v)
         n, _, length, _ = out.shape
         return self.to_out(out.transpose(1, 2).reshape(n, length, -1))
@@ -233,7 +247,11 @@ class FrameTransformer(nn.Module):
 
         if self.temporal:
             # (B·F)×HW×C → (B·HW)×F×C: every location is a sequence over frames.
-            seq = tokens.reshape(b, num_frames, h * w, c).transpose(1, 2).reshape(b * h * w, num_frames, c)
+            seq = (
+                tokens.reshape(b, num_frames, h * w, c)
+                .transpose(1, 2)
+                .reshape(b * h * w, num_frames, c)
+            )
             pos = sinusoidal_embedding(frame_positions, c).to(seq.dtype)
             seq = seq + self.temporal_attn(self.temporal_norm(seq) + pos)
             tokens = seq.reshape(b, h * w, num_frames, c).transpose(1, 2).reshape(bf, h * w, c)
@@ -255,6 +273,7 @@ class FrameTransformer(nn.Module):
 
         tokens = tokens + self.ff(self.ff_norm(tokens))
         return tokens.transpose(1, 2).reshape(bf, c, h, w)
+
 
 def check_condition_shapes(backbone: nn.Module, x_t, audio, ref, motion, region_masks) -> None:
     """Shape checks of the conditions shared by every backbone (``x_t`` is ``B×C×F×H×W``).
@@ -278,7 +297,11 @@ def check_condition_shapes(backbone: nn.Module, x_t, audio, ref, motion, region_
                 f"motion must be B×C×M×H×W = {'×'.join(map(str, expected))}, got shape {tuple(motion.shape)}"
             )
     if region_masks is not None and backbone.audio_regions:
-        if region_masks.dim() != 5 or tuple(region_masks.shape[:3]) != (b, backbone.audio_regions, f):
+        if region_masks.dim() != 5 or tuple(region_masks.shape[:3]) != (
+            b,
+            backbone.audio_regions,
+            f,
+        ):
             raise ValueError(
                 f"region_masks must be B×R×F×H×W = {b}×{backbone.audio_regions}×{f}×H×W, "
                 f"got shape {tuple(region_masks.shape)}"

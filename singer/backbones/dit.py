@@ -93,7 +93,9 @@ def sincos_2d(height: int, width: int, dim: int, device=None) -> torch.Tensor:
     """
     rows = sinusoidal_embedding(torch.arange(height, device=device), dim // 2)
     cols = sinusoidal_embedding(torch.arange(width, device=device), dim - dim // 2)
-    grid = torch.cat([rows[:, None].expand(-1, width, -1), cols[None].expand(height, -1, -1)], dim=-1)
+    grid = torch.cat(
+        [rows[:, None].expand(-1, width, -1), cols[None].expand(height, -1, -1)], dim=-1
+    )
     return grid.reshape(height * width, dim)
 
 
@@ -149,7 +151,9 @@ class DiTBlock(nn.Module):
         self.audio_regions = audio_regions if audio else 0
 
         def self_attention() -> SelfAttention:
-            return SelfAttention(dim, num_heads=heads, qkv_bias=True, qk_norm=qk_norm, norm_layer=nn.LayerNorm)
+            return SelfAttention(
+                dim, num_heads=heads, qkv_bias=True, qk_norm=qk_norm, norm_layer=nn.LayerNorm
+            )
 
         self.norm_attn = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = self_attention()  # spatial when factorised, else over the whole clip
@@ -163,7 +167,11 @@ class DiTBlock(nn.Module):
             if self.audio_regions:
                 self.audio_region_weights = nn.Parameter(torch.ones(self.audio_regions))
         self.norm_mlp = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=partial(nn.GELU, approximate="tanh"))
+        self.mlp = Mlp(
+            dim,
+            hidden_features=int(dim * mlp_ratio),
+            act_layer=partial(nn.GELU, approximate="tanh"),
+        )
         # shift/scale/gate per sub-layer; the audio sub-layer has a gate only.
         self.num_modulations = 3 + (3 if factorised else 0) + (1 if audio else 0) + 3
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, self.num_modulations * dim))
@@ -185,7 +193,9 @@ class DiTBlock(nn.Module):
             region_masks: ``B×T×L×R`` region masks on the patch grid, or ``None`` (ungated).
         """
         b, g, s, d = x.shape
-        mods = iter(self.modulation(cond).unsqueeze(2).chunk(self.num_modulations, dim=-1))  # B×G×1×D each
+        mods = iter(
+            self.modulation(cond).unsqueeze(2).chunk(self.num_modulations, dim=-1)
+        )  # B×G×1×D each
 
         # Self-attention: per frame (factorised) or over the whole clip (full).
         shift, scale, gate = next(mods), next(mods), next(mods)
@@ -210,7 +220,9 @@ class DiTBlock(nn.Module):
             gate = layout.frame_rows(next(mods))
             ref, frames = layout.split(x)
             t, length = frames.shape[1], frames.shape[2]
-            h = self.audio_attn(self.norm_audio(frames).reshape(b * t, length, d), self.audio_context_norm(audio))
+            h = self.audio_attn(
+                self.norm_audio(frames).reshape(b * t, length, d), self.audio_context_norm(audio)
+            )
             h = h.reshape(b, t, length, d)
             if region_masks is not None and self.audio_regions:
                 weights = self.audio_region_weights.to(h.dtype)
@@ -292,17 +304,23 @@ class VideoDiT(nn.Module):
     ):
         super().__init__()
         if attention not in ATTENTION_MODES:
-            raise ValueError(f"unknown attention '{attention}'; choose one of: {', '.join(ATTENTION_MODES)}")
+            raise ValueError(
+                f"unknown attention '{attention}'; choose one of: {', '.join(ATTENTION_MODES)}"
+            )
         if hidden_size % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide hidden_size={hidden_size}")
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if patch_size < 1 or temporal_patch < 1:
-            raise ValueError(f"patch_size and temporal_patch must be >= 1, got {patch_size}, {temporal_patch}")
+            raise ValueError(
+                f"patch_size and temporal_patch must be >= 1, got {patch_size}, {temporal_patch}"
+            )
         if motion_frames < 0:
             raise ValueError(f"motion_frames must be >= 0, got {motion_frames}")
         if motion_frames % temporal_patch:
-            raise ValueError(f"motion_frames={motion_frames} must be divisible by temporal_patch={temporal_patch}")
+            raise ValueError(
+                f"motion_frames={motion_frames} must be divisible by temporal_patch={temporal_patch}"
+            )
         if audio_regions < 0:
             raise ValueError(f"audio_regions must be >= 0, got {audio_regions}")
         self.in_channels = in_channels
@@ -320,7 +338,9 @@ class VideoDiT(nn.Module):
         self.size_multiple = patch_size
 
         def patch_embed(channels: int) -> PatchEmbed:
-            return PatchEmbed(img_size=None, patch_size=patch_size, in_chans=channels, embed_dim=hidden_size)
+            return PatchEmbed(
+                img_size=None, patch_size=patch_size, in_chans=channels, embed_dim=hidden_size
+            )
 
         # A tubelet of pt frames is one image of pt·C channels for the patch embedding.
         self.patch_embed = patch_embed(in_channels * temporal_patch)
@@ -347,8 +367,12 @@ class VideoDiT(nn.Module):
             for _ in range(depth)
         )
         self.mid_index = depth // 2  # the SFM runs before block ``mid_index``
-        self.bottleneck = build_bottleneck_filter(bottleneck_filter, hidden_size, sfm_levels, sfm_wavelet)
-        self.final = FinalLayer(hidden_size, temporal_patch * patch_size * patch_size * self.out_channels)
+        self.bottleneck = build_bottleneck_filter(
+            bottleneck_filter, hidden_size, sfm_levels, sfm_wavelet
+        )
+        self.final = FinalLayer(
+            hidden_size, temporal_patch * patch_size * patch_size * self.out_channels
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -393,11 +417,17 @@ class VideoDiT(nn.Module):
             raise ValueError(f"x_t must be B×C×F×H×W, got shape {tuple(x_t.shape)}")
         _, c, f, h, w = x_t.shape
         if c != self.in_channels:
-            raise ValueError(f"x_t has {c} channels but the backbone was built with in_channels={self.in_channels}")
+            raise ValueError(
+                f"x_t has {c} channels but the backbone was built with in_channels={self.in_channels}"
+            )
         if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"frame size {h}×{w} must be divisible by {self.patch_size} (patch_size)")
+            raise ValueError(
+                f"frame size {h}×{w} must be divisible by {self.patch_size} (patch_size)"
+            )
         if f % self.temporal_patch:
-            raise ValueError(f"{f} frames must be divisible by temporal_patch={self.temporal_patch}")
+            raise ValueError(
+                f"{f} frames must be divisible by temporal_patch={self.temporal_patch}"
+            )
         check_condition_shapes(self, x_t, audio, ref, motion, region_masks)
 
     # -- embedding and output -----------------------------------------------------------
@@ -409,9 +439,13 @@ class VideoDiT(nn.Module):
         b, c, frames_total, h, w = frames.shape
         pt, t = self.temporal_patch, frames_total // self.temporal_patch
         # B×C×(T·pt)×H×W → (B·T)×(C·pt)×H×W: a tubelet's frames are stacked on the channels.
-        images = frames.reshape(b, c, t, pt, h, w).permute(0, 2, 1, 3, 4, 5).reshape(b * t, c * pt, h, w)
+        images = (
+            frames.reshape(b, c, t, pt, h, w).permute(0, 2, 1, 3, 4, 5).reshape(b * t, c * pt, h, w)
+        )
         tokens = self.patch_embed(images).reshape(b, t, -1, self.hidden_size)
-        grid = sincos_2d(h // self.patch_size, w // self.patch_size, self.hidden_size, frames.device)
+        grid = sincos_2d(
+            h // self.patch_size, w // self.patch_size, self.hidden_size, frames.device
+        )
         time = sinusoidal_embedding(positions.float() / pt, self.hidden_size)
         return tokens + (grid[None] + time[:, None]).to(tokens.dtype)
 
@@ -470,7 +504,9 @@ class VideoDiT(nn.Module):
 
         # Frame tokens B×T×L×D; generated frames keep positions M..M+F-1 with or without context.
         frames = x_t if motion is None else torch.cat([motion.to(dtype), x_t], dim=2)
-        positions = torch.arange(self.motion_frames - m, self.motion_frames + f, device=device)[::pt]
+        positions = torch.arange(self.motion_frames - m, self.motion_frames + f, device=device)[
+            ::pt
+        ]
         tokens = self.embed_frames(frames, positions)
         length = tokens.shape[2]
 
@@ -490,7 +526,9 @@ class VideoDiT(nn.Module):
             ref_tokens = self.embed_reference(ref.to(dtype))  # B×L×D
             if factorised:
                 prefix = length
-                tokens = torch.cat([ref_tokens[:, None].expand(-1, num_groups, -1, -1), tokens], dim=2)
+                tokens = torch.cat(
+                    [ref_tokens[:, None].expand(-1, num_groups, -1, -1), tokens], dim=2
+                )
             else:
                 prefix = 1
                 tokens = torch.cat([ref_tokens[:, None], tokens], dim=1)
@@ -515,9 +553,13 @@ class VideoDiT(nn.Module):
             if m:
                 masks = torch.cat([masks[:, :, :1].expand(-1, -1, m, -1, -1), masks], dim=2)
             r, mh, mw = masks.shape[1], masks.shape[-2], masks.shape[-1]
-            masks = masks.reshape(b, r, num_groups, pt, mh, mw).mean(dim=3)  # average over a tubelet
+            masks = masks.reshape(b, r, num_groups, pt, mh, mw).mean(
+                dim=3
+            )  # average over a tubelet
             masks = masks.transpose(1, 2).reshape(b * num_groups, r, mh, mw)
-            masks = F.interpolate(masks, size=(h // self.patch_size, w // self.patch_size), mode="area")
+            masks = F.interpolate(
+                masks, size=(h // self.patch_size, w // self.patch_size), mode="area"
+            )
             masks = masks.reshape(b, num_groups, r, length).transpose(2, 3)
 
         use_checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
@@ -526,7 +568,9 @@ class VideoDiT(nn.Module):
             if index == self.mid_index:
                 tokens = self._mid_filter(tokens, layout, grid)
             if use_checkpoint:
-                tokens = checkpoint(block, tokens, cond, layout, context, masks, use_reentrant=False)
+                tokens = checkpoint(
+                    block, tokens, cond, layout, context, masks, use_reentrant=False
+                )
             else:
                 tokens = block(tokens, cond, layout, context, masks)
 
@@ -534,7 +578,9 @@ class VideoDiT(nn.Module):
         out = self.unpatchify(self.final(frame_tokens, frame_cond), h, w)
         return out[:, :, m:].contiguous()
 
-    def _mid_filter(self, tokens: torch.Tensor, layout: TokenLayout, grid: tuple[int, int]) -> torch.Tensor:
+    def _mid_filter(
+        self, tokens: torch.Tensor, layout: TokenLayout, grid: tuple[int, int]
+    ) -> torch.Tensor:
         """The bottleneck filter (SFM) on each frame's tokens laid out on their patch grid."""
         if isinstance(self.bottleneck, nn.Identity):
             return tokens

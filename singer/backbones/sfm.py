@@ -32,7 +32,9 @@ class SpectralBottleneck(nn.Module):
         return self.filter(x)
 
 
-def build_bottleneck_filter(name: str, channels: int, levels: int = 1, wavelet: str = "haar") -> nn.Module:
+def build_bottleneck_filter(
+    name: str, channels: int, levels: int = 1, wavelet: str = "haar"
+) -> nn.Module:
     """The module placed between the mid block and the up path.
 
     Args:
@@ -50,4 +52,6 @@ def build_bottleneck_filter(name: str, channels: int, levels: int = 1, wavelet: 
             return SpectralBottleneck(channels, levels=levels, wavelet=wavelet)
     if name == "none":
         return nn.Identity()
-    raise ValueError(f"unknown bottleneck_filter '{name}'; choose one of: {', '.join(BOTTLENECK_FILTERS)}")
+    raise ValueError(
+        f"unknown bottleneck_filter '{name}'; choose one of: {', '.join(BOTTLENECK_FILTERS)}"
+    )

@@ -120,7 +120,9 @@ class UNet3D(nn.Module):
             raise ValueError(f"motion_frames must be >= 0, got {motion_frames}")
         bad = [c for c in channels if c % attention_heads]
         if bad:
-            raise ValueError(f"attention_heads={attention_heads} must divide every width in channels={channels}")
+            raise ValueError(
+                f"attention_heads={attention_heads} must divide every width in channels={channels}"
+            )
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
         self.channels = channels
@@ -206,7 +208,9 @@ class UNet3D(nn.Module):
             raise ValueError(f"x_t must be B×C×F×H×W, got shape {tuple(x_t.shape)}")
         _, c, _, h, w = x_t.shape
         if c != self.in_channels:
-            raise ValueError(f"x_t has {c} channels but the backbone was built with in_channels={self.in_channels}")
+            raise ValueError(
+                f"x_t has {c} channels but the backbone was built with in_channels={self.in_channels}"
+            )
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(
                 f"frame size {h}×{w} must be divisible by {self.size_multiple} "

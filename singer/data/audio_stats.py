@@ -110,7 +110,11 @@ def track_pitch(wave: np.ndarray, sr: int) -> dict[str, np.ndarray]:
     mid = cmnd[rows, tau]
     right = cmnd[rows, np.clip(tau + 1, 0, tau_max)]
     curvature = left - 2.0 * mid + right
-    shift = np.where(np.abs(curvature) > 1e-12, 0.5 * (left - right) / np.where(curvature == 0, 1, curvature), 0.0)
+    shift = np.where(
+        np.abs(curvature) > 1e-12,
+        0.5 * (left - right) / np.where(curvature == 0, 1, curvature),
+        0.0,
+    )
     refined = tau + np.clip(shift, -0.5, 0.5)
 
     level_db = 10.0 * np.log10(np.mean(x[:, :window] ** 2, axis=1) + 1e-12)
@@ -212,7 +216,9 @@ def clip_audio_stats(wave: np.ndarray, sr: int) -> dict[str, float]:
 # =============================================================================================
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000, seconds: float | None = None) -> np.ndarray:
+def read_audio(
+    path: str | Path, sample_rate: int = 16000, seconds: float | None = None
+) -> np.ndarray:
     """Mono waveform (S float32) of a media file, resampled to ``sample_rate``.
 
     Decoding goes through ``singer.data.media.read_audio`` when the media layer has it (it
@@ -225,7 +231,9 @@ def read_audio(path: str | Path, sample_rate: int = 16000, seconds: float | None
     from singer.data import media
 
     if hasattr(media, "read_audio"):
-        wave = np.asarray(media.read_audio(path, sample_rate=sample_rate), dtype=np.float32).reshape(-1)
+        wave = np.asarray(
+            media.read_audio(path, sample_rate=sample_rate), dtype=np.float32
+        ).reshape(-1)
     else:
         reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
         wave = reader[:].asnumpy().reshape(-1).astype(np.float32)
@@ -242,7 +250,9 @@ def read_audio(path: str | Path, sample_rate: int = 16000, seconds: float | None
     return wave
 
 
-def dataset_items(data: str | Path, label: str | None = None) -> list[tuple[Path, str, float | None]]:
+def dataset_items(
+    data: str | Path, label: str | None = None
+) -> list[tuple[Path, str, float | None]]:
     """``(path, label, seconds)`` for every clip in ``data``.
 
     A SynthSing folder (with ``meta.jsonl``) gives its clips in order, labelled by ``kind``
@@ -267,7 +277,9 @@ def dataset_items(data: str | Path, label: str | None = None) -> list[tuple[Path
     return [(path, label or data.resolve().name, None) for path in files]
 
 
-def collect_stats(paths_with_labels: Iterable[tuple], *, sample_rate: int = 16000, progress: bool = True):
+def collect_stats(
+    paths_with_labels: Iterable[tuple], *, sample_rate: int = 16000, progress: bool = True
+):
     """One row per clip: ``path, clip, label`` and the statistics. Returns a pandas DataFrame.
 
     Each item is ``(path, label)`` or ``(path, label, seconds)``; ``seconds`` trims the decoded
@@ -286,7 +298,14 @@ def collect_stats(paths_with_labels: Iterable[tuple], *, sample_rate: int = 1600
         except Exception as error:  # decord raises its own error types for files without audio
             warnings.warn(f"skipping {path}: no readable audio ({error})", stacklevel=2)
             continue
-        rows.append({"path": str(path), "clip": path.stem, "label": label, **clip_audio_stats(wave, sample_rate)})
+        rows.append(
+            {
+                "path": str(path),
+                "clip": path.stem,
+                "label": label,
+                **clip_audio_stats(wave, sample_rate),
+            }
+        )
     columns = ["path", "clip", "label", *STATS, "voiced_fraction"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -329,10 +348,24 @@ def plot_stats(df, out_png: str | Path) -> Path:
     for ax, name in zip(axes.flat, STATS):
         data = df[["label", name]].dropna()
         if len(data):
-            with warnings.catch_warnings():  # seaborn 0.13 still passes matplotlib's deprecated `vert`
+            with (
+                warnings.catch_warnings()
+            ):  # seaborn 0.13 still passes matplotlib's deprecated `vert`
                 warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
-                sns.boxplot(data=data, x="label", y=name, hue="label", order=order, hue_order=order, ax=ax, fliersize=0, legend=False)
-            sns.stripplot(data=data, x="label", y=name, order=order, ax=ax, color="black", size=3, alpha=0.6)
+                sns.boxplot(
+                    data=data,
+                    x="label",
+                    y=name,
+                    hue="label",
+                    order=order,
+                    hue_order=order,
+                    ax=ax,
+                    fliersize=0,
+                    legend=False,
+                )
+            sns.stripplot(
+                data=data, x="label", y=name, order=order, ax=ax, color="black", size=3, alpha=0.6
+            )
         ax.set_title(STAT_LABELS[name])
         ax.set_xlabel("")
         ax.set_ylabel("")
@@ -345,7 +378,9 @@ def plot_stats(df, out_png: str | Path) -> Path:
     return out_png
 
 
-def run(data: list[str | Path], out: str | Path, labels: list[str] | None = None, progress: bool = True):
+def run(
+    data: list[str | Path], out: str | Path, labels: list[str] | None = None, progress: bool = True
+):
     """Collect every ``data`` folder, then write csv, markdown summary and plot under ``out``."""
     labels = list(labels or [])
     items = []
@@ -362,8 +397,18 @@ def run(data: list[str | Path], out: str | Path, labels: list[str] | None = None
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Per-clip singing vs talking audio statistics.")
-    parser.add_argument("--data", action="append", required=True, help="a SynthSing folder or a folder of media files (repeatable)")
-    parser.add_argument("--label", action="append", default=[], help="label for the --data at the same position (repeatable)")
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="a SynthSing folder or a folder of media files (repeatable)",
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        help="label for the --data at the same position (repeatable)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     df = run(args.data, args.out, labels=args.label)

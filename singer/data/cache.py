@@ -20,7 +20,9 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def synthsing_dir(root: str | Path, *, clips: int, seconds: float, kind: str, seed: int, size: int) -> Path:
+def synthsing_dir(
+    root: str | Path, *, clips: int, seconds: float, kind: str, seed: int, size: int
+) -> Path:
     return Path(root) / "synthsing" / f"{kind}-n{clips}-seed{seed}-{size}px-{seconds:g}s"
 
 
@@ -50,15 +52,28 @@ def ensure_synthsing(
         done = raw / ".complete"
         if not done.exists():
             generate_dataset(
-                raw, clips=clips, seed=seed, kind=kind, size=size, seconds=seconds, fps=fps,
-                sample_rate=sample_rate, progress=progress,
-            )  # fmt: skip
+                raw,
+                clips=clips,
+                seed=seed,
+                kind=kind,
+                size=size,
+                seconds=seconds,
+                fps=fps,
+                sample_rate=sample_rate,
+                progress=progress,
+            )
             done.write_text(json.dumps({"clips": clips}))
         prepared = cache / ".complete"
         if not prepared.exists():
             report = prepare_folder(
-                raw, cache, size=clip_size, fps=fps, sample_rate=sample_rate, clip_seconds=seconds,
-                detect_faces=False, progress=progress,
-            )  # fmt: skip
+                raw,
+                cache,
+                size=clip_size,
+                fps=fps,
+                sample_rate=sample_rate,
+                clip_seconds=seconds,
+                detect_faces=False,
+                progress=progress,
+            )
             prepared.write_text(json.dumps(report.get("counts", {})))
     return cache

@@ -104,7 +104,9 @@ def _npz_memmap(path: Path, name: str) -> np.ndarray | None:
         offset = handle.tell()
     if dtype.hasobject:
         return None
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+    return np.memmap(
+        path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C"
+    )
 
 
 def load_clip(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -159,11 +161,15 @@ class ClipDataset(Dataset):
 
         records = read_index(self.cache_dir)
         if not records:
-            raise ValueError(f"{self.cache_dir} holds no clips; see {self.cache_dir / 'report.json'} for why")
+            raise ValueError(
+                f"{self.cache_dir} holds no clips; see {self.cache_dir / 'report.json'} for why"
+            )
         rates = {(float(r["fps"]), int(r["sample_rate"])) for r in records}
         if len(rates) != 1:
-            raise ValueError(f"{self.cache_dir} mixes frame/sample rates {sorted(rates)}; prepare it again")
-        (self.fps, self.sample_rate), = rates
+            raise ValueError(
+                f"{self.cache_dir} mixes frame/sample rates {sorted(rates)}; prepare it again"
+            )
+        ((self.fps, self.sample_rate),) = rates
         self.num_samples = round(self.num_frames * self.sample_rate / self.fps)
 
         self.val_sources = split_sources([r["source"] for r in records], val_fraction)
@@ -180,7 +186,9 @@ class ClipDataset(Dataset):
         self._cues: list[np.ndarray | None] = []
         for position, clip in enumerate(records):
             last_start = int(clip["num_frames"]) - self.num_frames
-            self.windows.extend((position, start) for start in range(0, last_start + 1, self.stride))
+            self.windows.extend(
+                (position, start) for start in range(0, last_start + 1, self.stride)
+            )
             self._cues.append(self._cue_matrix(clip))
         if not self.windows and split != "val":
             raise ValueError(
@@ -194,7 +202,9 @@ class ClipDataset(Dataset):
         truth = clip.get("truth") or {}
         if not all(name in truth for name in self.cue_names):
             return None
-        return np.stack([np.asarray(truth[name], dtype=np.float32) for name in self.cue_names], axis=1)
+        return np.stack(
+            [np.asarray(truth[name], dtype=np.float32) for name in self.cue_names], axis=1
+        )
 
     def __getstate__(self):
         # Memory maps are per process; a DataLoader worker opens its own.
@@ -242,7 +252,9 @@ class ClipDataset(Dataset):
             "video": to_video(frames[start:stop]),
             "audio": torch.from_numpy(np.array(wave, dtype=np.float32)),
             "ref": to_video(frames[self.reference_index(index)][None])[:, 0],
-            "motion": to_video(frames[motion_rows]) if motion_rows else torch.zeros(3, 0, *frames.shape[1:3]),
+            "motion": to_video(frames[motion_rows])
+            if motion_rows
+            else torch.zeros(3, 0, *frames.shape[1:3]),
             "cues": torch.from_numpy(np.array(window_cues, dtype=np.float32)),
             "has_cues": cues is not None,
             "clip_id": str(clip["clip_id"]),

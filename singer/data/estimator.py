@@ -50,7 +50,12 @@ MIN_CONTRAST = 30.0  # skin must be at least this far (RGB) from each feature co
 def _border_colour(frames: np.ndarray) -> np.ndarray:
     """Median colour of the outermost pixel ring over all frames (3,)."""
     ring = np.concatenate(
-        [frames[:, 0].reshape(-1, 3), frames[:, -1].reshape(-1, 3), frames[:, :, 0].reshape(-1, 3), frames[:, :, -1].reshape(-1, 3)]
+        [
+            frames[:, 0].reshape(-1, 3),
+            frames[:, -1].reshape(-1, 3),
+            frames[:, :, 0].reshape(-1, 3),
+            frames[:, :, -1].reshape(-1, 3),
+        ]
     )
     return np.median(ring, axis=0)
 
@@ -63,7 +68,9 @@ def _projection_weight(image: np.ndarray, skin: np.ndarray, colour) -> np.ndarra
     return np.clip(weight, 0.0, 1.0)
 
 
-def _silhouette_centroid(image: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _silhouette_centroid(
+    image: np.ndarray, background: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centroid (x, y in px, each F) and area fraction (F) of the non-background silhouette."""
     _, height, width, _ = image.shape
     # Skin and hair are at least 80 RGB units from the background by construction; weights
@@ -94,13 +101,17 @@ def _mouth(image, skin, cx, cy, size, xs, ys):
     weight = _projection_weight(image, skin, S.MOUTH_COLOUR)
     ax, ay = MOUTH_WINDOW[0] * size, MOUTH_WINDOW[1] * size
     mouth_cy = cy + S.MOUTH_Y * size
-    inside = ((xs - cx[:, None, None]) / ax) ** 2 + ((ys - mouth_cy[:, None, None]) / ay) ** 2 <= 1.0
+    inside = ((xs - cx[:, None, None]) / ax) ** 2 + (
+        (ys - mouth_cy[:, None, None]) / ay
+    ) ** 2 <= 1.0
     return _weighted_moments(weight, inside, xs, ys)
 
 
 def rest_offset(identity: dict, size: int) -> float:
     """Silhouette centroid minus head centre (px, y) of ``identity``'s face at rest."""
-    rest = S.render_face({name: np.zeros(1) for name in S.FACE_CUES}, identity, size).astype(np.float32)
+    rest = S.render_face({name: np.zeros(1) for name in S.FACE_CUES}, identity, size).astype(
+        np.float32
+    )
     _, hy, _ = _silhouette_centroid(rest, np.asarray(identity["background"], dtype=np.float32))
     return float(hy[0] - S.REST_Y * size)
 
@@ -141,12 +152,20 @@ def estimate_face_params(frames: np.ndarray, identity: dict | None = None) -> di
 
     # Skin: the patch between the eyes, located from the silhouette alone.
     px = np.abs(xs - hx[:, None, None]) <= SKIN_PATCH_X * size
-    py = (ys - hy[:, None, None] >= SKIN_PATCH_Y[0] * size) & (ys - hy[:, None, None] <= SKIN_PATCH_Y[1] * size)
+    py = (ys - hy[:, None, None] >= SKIN_PATCH_Y[0] * size) & (
+        ys - hy[:, None, None] <= SKIN_PATCH_Y[1] * size
+    )
     patch = (px & py) & is_face[:, None, None]
     if not patch.any():
         return nan
     skin = np.median(image[patch], axis=0)
-    if min(np.linalg.norm(skin - np.asarray(c, dtype=np.float32)) for c in (S.MOUTH_COLOUR, S.EYE_COLOUR, S.BROW_COLOUR)) < MIN_CONTRAST:
+    if (
+        min(
+            np.linalg.norm(skin - np.asarray(c, dtype=np.float32))
+            for c in (S.MOUTH_COLOUR, S.EYE_COLOUR, S.BROW_COLOUR)
+        )
+        < MIN_CONTRAST
+    ):
         return nan
 
     # Head centre: x from the (left-right symmetric) silhouette; y from the silhouette minus
@@ -154,7 +173,9 @@ def estimate_face_params(frames: np.ndarray, identity: dict | None = None) -> di
     # the mouth, whose centre is fixed on the face (median over the clip). Measuring it on the
     # frames themselves beats predicting it from the identity, because video coding shifts the
     # silhouette's soft edges differently for each hair and skin colour.
-    guess = hy - (rest_offset(identity, width) if identity is not None else TYPICAL_HAIR_OFFSET * size)
+    guess = hy - (
+        rest_offset(identity, width) if identity is not None else TYPICAL_HAIR_OFFSET * size
+    )
     area, _, my, _ = _mouth(image, skin, hx, guess, size, xs, ys)
     ok = is_face & (area > 0.5)
     if ok.any():
@@ -242,7 +263,11 @@ def check_dataset(data: str | Path, *, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
     data = Path(data)
-    records = [json.loads(line) for line in (data / "meta.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [
+        json.loads(line)
+        for line in (data / "meta.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     pooled = {name: ([], []) for name in RETURNED_CUES}
     talking_sway = []
     for record in tqdm(records, desc="estimator check", unit="clip", disable=not progress):
@@ -275,7 +300,9 @@ def check_dataset(data: str | Path, *, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Check the face-parameter estimator against SynthSing truth.")
+    parser = argparse.ArgumentParser(
+        description="Check the face-parameter estimator against SynthSing truth."
+    )
     parser.add_argument("--data", required=True, help="a SynthSing folder (with meta.jsonl)")
     args = parser.parse_args(argv)
     report = check_dataset(args.data)

@@ -51,7 +51,12 @@ def write_mp4(
         vstream = container.add_stream("libx264", rate=rate)
         vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
         # mbtree (macroblock-tree rate control) made the bytes differ between runs at small sizes.
-        vstream.options = {"crf": str(crf), "preset": "medium", "tune": "fastdecode", "x264-params": "mbtree=0"}
+        vstream.options = {
+            "crf": str(crf),
+            "preset": "medium",
+            "tune": "fastdecode",
+            "x264-params": "mbtree=0",
+        }
         # A single encoder thread keeps the bitstream identical across machines.
         vstream.thread_count = 1
         astream = None
@@ -190,7 +195,9 @@ def probe(path: str | Path) -> MediaInfo:
     with container:
         # A cover picture in an audio file appears as a one-frame "video" stream; it is not video.
         video_streams = [
-            s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)
+            s
+            for s in container.streams.video
+            if not (s.disposition & av.stream.Disposition.attached_pic)
         ]
         audio_streams = list(container.streams.audio)
         if not video_streams and not audio_streams:
@@ -241,10 +248,17 @@ def probe(path: str | Path) -> MediaInfo:
                 duration = float(audio_streams[0].duration * audio_streams[0].time_base)
 
     return MediaInfo(
-        has_video=bool(video_streams), has_audio=bool(audio_streams), fps=fps, num_frames=num_frames,
-        duration_s=float(duration), width=int(width), height=int(height), sample_rate=sample_rate,
-        channels=channels, variable_frame_rate=variable,
-    )  # fmt: skip
+        has_video=bool(video_streams),
+        has_audio=bool(audio_streams),
+        fps=fps,
+        num_frames=num_frames,
+        duration_s=float(duration),
+        width=int(width),
+        height=int(height),
+        sample_rate=sample_rate,
+        channels=channels,
+        variable_frame_rate=variable,
+    )
 
 
 def as_numpy(array) -> np.ndarray:
@@ -283,7 +297,8 @@ class InMemoryVideo:
             size = stream.frames * stream.codec_context.width * stream.codec_context.height * 3
             if size > FALLBACK_MAX_BYTES:
                 raise MediaError(
-                    path, f"decord cannot decode this video, and at {size / 1e9:.1f} GB it is too large to decode in memory"
+                    path,
+                    f"decord cannot decode this video, and at {size / 1e9:.1f} GB it is too large to decode in memory",
                 )
             rate = float(stream.average_rate or stream.guessed_rate or 25)
             frames, starts, last_duration = [], [], 1.0 / rate
@@ -341,7 +356,9 @@ def frame_timestamps(reader) -> np.ndarray:
     count = len(reader)
     if count == 0:
         return np.zeros((0, 2), dtype=np.float64)
-    return np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
+    return np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(
+        count, 2
+    )
 
 
 def resample_indices(timestamps: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -365,7 +382,9 @@ def resample_indices(timestamps: np.ndarray, fps: float) -> tuple[np.ndarray, np
     right = np.clip(np.searchsorted(starts, times), 0, len(starts) - 1)
     left = np.clip(right - 1, 0, len(starts) - 1)
     # Ties (exactly half-way) go to the earlier frame; a small tolerance absorbs float noise.
-    nearest = np.where(np.abs(times - starts[left]) <= np.abs(starts[right] - times) + 1e-9, left, right)
+    nearest = np.where(
+        np.abs(times - starts[left]) <= np.abs(starts[right] - times) + 1e-9, left, right
+    )
     return order[nearest].astype(np.int64), times
 
 
@@ -422,13 +441,17 @@ def _read_audio_pyav(path: Path, sample_rate: int) -> np.ndarray:
 def _read_audio_decord(path: Path, sample_rate: int) -> np.ndarray:
     import decord
 
-    reader = decord.AudioReader(str(path), ctx=decord.cpu(0), sample_rate=int(sample_rate), mono=True)
+    reader = decord.AudioReader(
+        str(path), ctx=decord.cpu(0), sample_rate=int(sample_rate), mono=True
+    )
     wave = as_numpy(reader[:]).reshape(-1).astype(np.float32)
     del reader  # decord's AudioReader leaks if kept around
     return wave
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000, num_samples: int | None = None) -> np.ndarray:
+def read_audio(
+    path: str | Path, sample_rate: int = 16000, num_samples: int | None = None
+) -> np.ndarray:
     """Decode the audio track as mono float32 ``S`` at ``sample_rate``.
 
     Any container FFmpeg reads (wav, flac, mp3, m4a, mp4, ...) at any native rate or channel

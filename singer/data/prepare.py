@@ -103,11 +103,17 @@ class Settings:
 
     def to_dict(self) -> dict:
         return {
-            "size": self.size, "fps": self.fps, "sample_rate": self.sample_rate,
-            "clip_seconds": self.clip_seconds, "min_seconds": self.min_seconds,
-            "detect_faces": self.detect_faces, "require_face": self.require_face,
-            "face_detector": self.face_detector, "face_scale": FACE_SCALE, "version": PREPARE_VERSION,
-        }  # fmt: skip
+            "size": self.size,
+            "fps": self.fps,
+            "sample_rate": self.sample_rate,
+            "clip_seconds": self.clip_seconds,
+            "min_seconds": self.min_seconds,
+            "detect_faces": self.detect_faces,
+            "require_face": self.require_face,
+            "face_detector": self.face_detector,
+            "face_scale": FACE_SCALE,
+            "version": PREPARE_VERSION,
+        }
 
 
 def _digest(text: str, length: int = 16) -> str:
@@ -143,7 +149,9 @@ def find_inputs(src: Path, *, exclude: Path | None = None) -> tuple[list[Path], 
     for root, dirs, files in os.walk(src):
         root_path = Path(root)
         dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and (exclude is None or (root_path / d).resolve() != exclude)
+            d
+            for d in dirs
+            if not d.startswith(".") and (exclude is None or (root_path / d).resolve() != exclude)
         )
         for name in sorted(files):
             if name.startswith("."):
@@ -225,7 +233,11 @@ class FaceDetector:
             boxes = [tuple(float(v) for v in box) for box in found]
         else:
             found = self._cascade.detect_multi_scale(
-                img=gray, scale_factor=1.2, step_ratio=1, min_size=(smallest, smallest), max_size=gray.shape
+                img=gray,
+                scale_factor=1.2,
+                step_ratio=1,
+                min_size=(smallest, smallest),
+                max_size=gray.shape,
             )
             boxes = [(d["c"], d["r"], d["width"], d["height"]) for d in found]
         if not boxes:
@@ -235,7 +247,11 @@ class FaceDetector:
 
 
 def square_crop_box(
-    width: int, height: int, face: tuple[float, float, float] | None = None, *, scale: float = FACE_SCALE
+    width: int,
+    height: int,
+    face: tuple[float, float, float] | None = None,
+    *,
+    scale: float = FACE_SCALE,
 ) -> tuple[int, int, int, int]:
     """A square ``(x, y, side, side)`` inside a ``width × height`` image.
 
@@ -253,9 +269,13 @@ def square_crop_box(
     return (x, y, side, side)
 
 
-def _face_for_clip(reader, indices: np.ndarray, detector: FaceDetector) -> tuple[float, float, float] | None:
+def _face_for_clip(
+    reader, indices: np.ndarray, detector: FaceDetector
+) -> tuple[float, float, float] | None:
     """Median face over a few frames spread across the clip (None when no frame shows one)."""
-    picks = np.unique(indices[np.linspace(0, len(indices) - 1, num=min(FACE_SAMPLES, len(indices))).astype(int)])
+    picks = np.unique(
+        indices[np.linspace(0, len(indices) - 1, num=min(FACE_SAMPLES, len(indices))).astype(int)]
+    )
     frames = as_numpy(reader.get_batch(picks.tolist()))
     faces = [face for face in (detector.detect(frame) for frame in frames) if face is not None]
     if not faces:
@@ -308,7 +328,9 @@ def _write_json(path: Path, data) -> None:
     _write_atomic(path, lambda handle: handle.write(json.dumps(data, indent=1).encode("utf-8")))
 
 
-def _slice_truth(meta_record: dict, frame_times: np.ndarray, source_fps: float) -> dict[str, list[float]] | None:
+def _slice_truth(
+    meta_record: dict, frame_times: np.ndarray, source_fps: float
+) -> dict[str, list[float]] | None:
     """Per-frame truth of the picked source frames (nearest truth frame by time)."""
     truth = meta_record.get("truth")
     if not isinstance(truth, dict) or not truth:
@@ -367,7 +389,9 @@ def split_segments(total: int, *, clip_frames: int, min_frames: int) -> list[tup
     return [(first, stop) for first, stop in segments if stop - first >= min_frames]
 
 
-def _read_square_frames(reader, indices: np.ndarray, *, box: tuple[int, int, int], size: int) -> np.ndarray:
+def _read_square_frames(
+    reader, indices: np.ndarray, *, box: tuple[int, int, int], size: int
+) -> np.ndarray:
     """Decode source frames ``indices``, crop the square ``box`` = (x, y, side), resize: ``K×size×size×3``."""
     import cv2
 
@@ -383,7 +407,13 @@ def _read_square_frames(reader, indices: np.ndarray, *, box: tuple[int, int, int
 
 
 def _prepare_clips(
-    path: Path, *, rel: str, out: Path, settings: Settings, meta_record: dict | None, written: list[str]
+    path: Path,
+    *,
+    rel: str,
+    out: Path,
+    settings: Settings,
+    meta_record: dict | None,
+    written: list[str],
 ) -> tuple[list[dict], list[str]]:
     """Write the clips of one source; return (index entries, notes). ``written`` collects clip files."""
     info = probe(path)
@@ -413,11 +443,15 @@ def _prepare_clips(
         audio = read_audio(path, sample_rate=settings.sample_rate)
         missing = settings.samples_for(total) - len(audio)
         if missing > settings.sample_rate // 2:
-            notes.append(f"audio ends {missing / settings.sample_rate:.2f} s before the video; padded with silence")
+            notes.append(
+                f"audio ends {missing / settings.sample_rate:.2f} s before the video; padded with silence"
+            )
         audio = fit_length(audio, settings.samples_for(total))
 
         height, width = as_numpy(reader.get_batch([0])).shape[1:3]
-        segments = split_segments(total, clip_frames=settings.clip_frames, min_frames=settings.min_frames)
+        segments = split_segments(
+            total, clip_frames=settings.clip_frames, min_frames=settings.min_frames
+        )
         if segments[-1][1] < total:
             notes.append(f"dropped a {(total - segments[-1][1]) / settings.fps:.2f} s tail")
 
@@ -436,20 +470,34 @@ def _prepare_clips(
             clip_id = _clip_id(rel, segment)
             written.append(f"clips/{clip_id}.npz")
             _write_atomic(
-                out / "clips" / f"{clip_id}.npz", lambda handle: np.savez(handle, frames=frames, audio=wave)
+                out / "clips" / f"{clip_id}.npz",
+                lambda handle: np.savez(handle, frames=frames, audio=wave),
             )
 
             entry = {
-                "clip_id": clip_id, "file": f"clips/{clip_id}.npz", "source": rel, "segment": segment,
-                "start_s": round(first / settings.fps, 6), "num_frames": int(stop - first), "fps": settings.fps,
-                "sample_rate": settings.sample_rate, "num_samples": int(len(wave)), "size": settings.size,
-                "crop": [x, y, side, side], "face": face is not None, "source_size": [width, height],
-                "source_fps": round(info.fps, 4), "kind": "unknown", "speaker_id": None,
-            }  # fmt: skip
+                "clip_id": clip_id,
+                "file": f"clips/{clip_id}.npz",
+                "source": rel,
+                "segment": segment,
+                "start_s": round(first / settings.fps, 6),
+                "num_frames": int(stop - first),
+                "fps": settings.fps,
+                "sample_rate": settings.sample_rate,
+                "num_samples": int(len(wave)),
+                "size": settings.size,
+                "crop": [x, y, side, side],
+                "face": face is not None,
+                "source_size": [width, height],
+                "source_fps": round(info.fps, 4),
+                "kind": "unknown",
+                "speaker_id": None,
+            }
             if meta_record is not None:
                 entry["kind"] = str(meta_record.get("kind") or "unknown")
                 entry["speaker_id"] = meta_record.get("speaker_id")
-                truth = _slice_truth(meta_record, timestamps[source, 0] - timestamps[:, 0].min(), info.fps)
+                truth = _slice_truth(
+                    meta_record, timestamps[source, 0] - timestamps[:, 0].min(), info.fps
+                )
                 if truth is not None:
                     entry["truth"] = truth
             clips.append(entry)
@@ -471,9 +519,13 @@ def _prepare_task(task: dict) -> dict:
     except Exception:
         pass
     return prepare_file(
-        Path(task["path"]), rel=task["rel"], out=Path(task["out"]), settings=task["settings"],
-        meta_record=task["meta_record"], previous_files=task["previous_files"],
-    )  # fmt: skip
+        Path(task["path"]),
+        rel=task["rel"],
+        out=Path(task["out"]),
+        settings=task["settings"],
+        meta_record=task["meta_record"],
+        previous_files=task["previous_files"],
+    )
 
 
 CRASH_REASON = "the decoder crashed on this file (corrupt or unsupported streams)"
@@ -483,7 +535,9 @@ def _failure_record(task: dict, reason: str) -> dict:
     """Record (and write) a file whose worker died or failed outside :func:`prepare_file`."""
     record = {"path": task["rel"], "status": "skipped", "reason": reason, "clips": [], "notes": []}
     try:
-        record["fingerprint"] = _fingerprint(Path(task["path"]), task["settings"], task["meta_record"])
+        record["fingerprint"] = _fingerprint(
+            Path(task["path"]), task["settings"], task["meta_record"]
+        )
     except OSError:
         pass
     for name in task["previous_files"]:
@@ -503,7 +557,9 @@ def run_tasks(tasks: list[dict], *, workers: int, on_done, worker=_prepare_task)
         for task in tasks:
             on_done(task, worker(task))
         return
-    context = multiprocessing.get_context("spawn")  # no fork: the parent may hold torch/OpenMP threads
+    context = multiprocessing.get_context(
+        "spawn"
+    )  # no fork: the parent may hold torch/OpenMP threads
     unfinished = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(worker, task): task for task in tasks}
@@ -573,17 +629,26 @@ def prepare_folder(
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")
     if require_face and not detect_faces:
-        raise ValueError("require_face needs face detection (do not combine it with detect_faces=False)")
+        raise ValueError(
+            "require_face needs face detection (do not combine it with detect_faces=False)"
+        )
     if size < 2 or fps <= 0 or sample_rate <= 0 or clip_seconds <= 0 or min_seconds < 0:
         raise ValueError("size ≥ 2, and fps, sample_rate and clip_seconds must be positive")
     backend = FaceDetector().backend if detect_faces else None
     if require_face and backend is None:
-        raise ValueError("require_face needs a face detector: install scikit-image, or opencv-python-headless<5")
+        raise ValueError(
+            "require_face needs a face detector: install scikit-image, or opencv-python-headless<5"
+        )
     settings = Settings(
-        size=int(size), fps=float(fps), sample_rate=int(sample_rate), clip_seconds=float(clip_seconds),
-        min_seconds=float(min_seconds), detect_faces=bool(detect_faces), require_face=bool(require_face),
+        size=int(size),
+        fps=float(fps),
+        sample_rate=int(sample_rate),
+        clip_seconds=float(clip_seconds),
+        min_seconds=float(min_seconds),
+        detect_faces=bool(detect_faces),
+        require_face=bool(require_face),
         face_detector=backend,
-    )  # fmt: skip
+    )
 
     inside = out.resolve().is_relative_to(src.resolve())
     videos, ignored = find_inputs(src, exclude=out if inside else None)
@@ -604,12 +669,20 @@ def prepare_folder(
         if not force and fingerprint is not None and _reusable(old, fingerprint, out):
             records[rel] = {**old, "cached": True}
             continue
-        tasks.append({
-            "path": str(path), "rel": rel, "out": str(out), "settings": settings, "meta_record": meta_record,
-            "previous_files": [clip["file"] for clip in (old or {}).get("clips", [])],
-        })  # fmt: skip
+        tasks.append(
+            {
+                "path": str(path),
+                "rel": rel,
+                "out": str(out),
+                "settings": settings,
+                "meta_record": meta_record,
+                "previous_files": [clip["file"] for clip in (old or {}).get("clips", [])],
+            }
+        )
 
-    bar = tqdm(total=len(videos), initial=len(records), desc="prepare", unit="file", disable=not progress)
+    bar = tqdm(
+        total=len(videos), initial=len(records), desc="prepare", unit="file", disable=not progress
+    )
     tally = {"ok": sum(r["status"] == "ok" for r in records.values())}
     tally["skipped"] = len(records) - tally["ok"]
 
@@ -623,20 +696,29 @@ def prepare_folder(
         run_tasks(tasks, workers=int(workers), on_done=on_done)
     finally:
         bar.close()
-        report = _write_outputs(out, settings, records, ignored=[p.relative_to(src).as_posix() for p in ignored])
+        report = _write_outputs(
+            out, settings, records, ignored=[p.relative_to(src).as_posix() for p in ignored]
+        )
     return report
 
 
-def _write_outputs(out: Path, settings: Settings, records: dict[str, dict], *, ignored: list[str]) -> dict:
+def _write_outputs(
+    out: Path, settings: Settings, records: dict[str, dict], *, ignored: list[str]
+) -> dict:
     """Rebuild index.jsonl and report.json from the per-file records (sorted by path)."""
     files, index_lines, reasons = [], [], {}
     for rel in sorted(records):
         record = records[rel]
-        files.append({
-            "path": rel, "status": record["status"], "reason": record.get("reason"),
-            "clips": len(record.get("clips", [])), "notes": record.get("notes", []),
-            "cached": bool(record.get("cached")),
-        })  # fmt: skip
+        files.append(
+            {
+                "path": rel,
+                "status": record["status"],
+                "reason": record.get("reason"),
+                "clips": len(record.get("clips", [])),
+                "notes": record.get("notes", []),
+                "cached": bool(record.get("cached")),
+            }
+        )
         if record["status"] == "skipped":
             # Group by the reason's headline ("too short", "no audio track"), not its details.
             headline = str(record.get("reason")).split(" (")[0].split(":")[0]
@@ -672,12 +754,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="cache folder to write")
     parser.add_argument("--size", type=int, default=64, help="square clip size in pixels")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate of the clips")
-    parser.add_argument("--sr", type=int, default=16000, help="audio sample rate of the clips (mono)")
-    parser.add_argument("--clip-seconds", type=float, default=4.0, help="long videos are cut into clips this long")
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="shorter files and tails are dropped")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes (crash-isolated)")
+    parser.add_argument(
+        "--sr", type=int, default=16000, help="audio sample rate of the clips (mono)"
+    )
+    parser.add_argument(
+        "--clip-seconds", type=float, default=4.0, help="long videos are cut into clips this long"
+    )
+    parser.add_argument(
+        "--min-seconds", type=float, default=1.0, help="shorter files and tails are dropped"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="parallel processes (crash-isolated)"
+    )
     parser.add_argument("--no-detect", action="store_true", help="centre crop; no face detection")
-    parser.add_argument("--require-face", action="store_true", help="skip videos where no face is found")
+    parser.add_argument(
+        "--require-face", action="store_true", help="skip videos where no face is found"
+    )
     parser.add_argument("--force", action="store_true", help="redo files that are already prepared")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -690,10 +782,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.src.is_dir():
         build_parser().error(f"--src {args.src} is not a folder")
     report = prepare_folder(
-        args.src, args.out, size=args.size, fps=args.fps, sample_rate=args.sr, clip_seconds=args.clip_seconds,
-        min_seconds=args.min_seconds, workers=args.workers, detect_faces=not args.no_detect,
-        require_face=args.require_face, force=args.force, progress=not args.quiet,
-    )  # fmt: skip
+        args.src,
+        args.out,
+        size=args.size,
+        fps=args.fps,
+        sample_rate=args.sr,
+        clip_seconds=args.clip_seconds,
+        min_seconds=args.min_seconds,
+        workers=args.workers,
+        detect_faces=not args.no_detect,
+        require_face=args.require_face,
+        force=args.force,
+        progress=not args.quiet,
+    )
     counts = report["counts"]
     print(
         f"prepared {counts['ok']} ok, {counts['skipped']} skipped ({counts['clips']} clips, "

@@ -100,10 +100,12 @@ EYE_COLOUR = (25, 22, 40)
 BROW_COLOUR = (55, 35, 28)
 
 SKIN_TONES = np.array(
-    [(241, 210, 185), (226, 178, 140), (200, 140, 100), (165, 112, 80), (125, 84, 62)], dtype=np.float64
+    [(241, 210, 185), (226, 178, 140), (200, 140, 100), (165, 112, 80), (125, 84, 62)],
+    dtype=np.float64,
 )
 HAIR_TONES = np.array(
-    [(28, 24, 24), (70, 45, 30), (120, 80, 45), (150, 68, 38), (212, 178, 112), (172, 170, 168)], dtype=np.float64
+    [(28, 24, 24), (70, 45, 30), (120, 80, 45), (150, 68, 38), (212, 178, 112), (172, 170, 168)],
+    dtype=np.float64,
 )
 HAIR_STYLES = ("short", "long", "bun")
 
@@ -160,7 +162,9 @@ def sample_speaker(rng: np.random.Generator, speaker_id: str = "spk000") -> Spea
     skin_pos = rng.uniform(0, len(SKIN_TONES) - 1)
     lo = int(skin_pos)
     hi = min(lo + 1, len(SKIN_TONES) - 1)
-    skin = SKIN_TONES[lo] + (skin_pos - lo) * (SKIN_TONES[hi] - SKIN_TONES[lo]) + rng.uniform(-6, 6, 3)
+    skin = (
+        SKIN_TONES[lo] + (skin_pos - lo) * (SKIN_TONES[hi] - SKIN_TONES[lo]) + rng.uniform(-6, 6, 3)
+    )
     # Hair must stand apart from the skin so the hairline is visible.
     while True:
         hair = HAIR_TONES[rng.integers(len(HAIR_TONES))] + rng.uniform(-10, 10, 3)
@@ -169,7 +173,13 @@ def sample_speaker(rng: np.random.Generator, speaker_id: str = "spk000") -> Spea
     # The background must stand apart from everything drawn on top of it.
     while True:
         background = rng.uniform(20, 235, 3)
-        if min(_colour_distance(background, c) for c in (skin, hair, MOUTH_COLOUR, EYE_COLOUR, BROW_COLOUR)) > 80:
+        if (
+            min(
+                _colour_distance(background, c)
+                for c in (skin, hair, MOUTH_COLOUR, EYE_COLOUR, BROW_COLOUR)
+            )
+            > 80
+        ):
             break
     identity = {
         "skin": [int(round(float(v))) for v in np.clip(skin, 0, 255)],
@@ -188,11 +198,21 @@ def sample_speaker(rng: np.random.Generator, speaker_id: str = "spk000") -> Spea
     sing_lo = 180.0 + 120.0 * height
     talk_lo = 90.0 + 40.0 * height
     voice = {
-        "singing_range_hz": [round(sing_lo, 2), round(min(600.0, sing_lo * 2 ** rng.uniform(1.0, 1.3)), 2)],
-        "talking_range_hz": [round(talk_lo, 2), round(min(220.0, talk_lo * rng.uniform(1.55, 1.7)), 2)],
+        "singing_range_hz": [
+            round(sing_lo, 2),
+            round(min(600.0, sing_lo * 2 ** rng.uniform(1.0, 1.3)), 2),
+        ],
+        "talking_range_hz": [
+            round(talk_lo, 2),
+            round(min(220.0, talk_lo * rng.uniform(1.55, 1.7)), 2),
+        ],
         "formant_scale": round(0.92 + 0.18 * height + float(rng.uniform(-0.03, 0.03)), 4),
-        "tilt": round(float(rng.uniform(1.1, 1.5)), 4),  # source spectral slope: harmonic k has k^-tilt
-        "breath": round(float(rng.uniform(0.01, 0.04)), 4),  # aspiration noise relative to the source
+        "tilt": round(
+            float(rng.uniform(1.1, 1.5)), 4
+        ),  # source spectral slope: harmonic k has k^-tilt
+        "breath": round(
+            float(rng.uniform(0.01, 0.04)), 4
+        ),  # aspiration noise relative to the source
     }
     return Speaker(speaker_id=speaker_id, identity=identity, voice=voice)
 
@@ -230,7 +250,10 @@ def _plan_singing(rng: np.random.Generator, voice: dict, seconds: float) -> list
         degree = int(np.clip(degree + rng.integers(-2, 3), 0, len(scale) - 1))
         events.append(
             _Event(
-                start=t, duration=duration, pitch=scale[degree], pitch_end=scale[degree],
+                start=t,
+                duration=duration,
+                pitch=scale[degree],
+                pitch_end=scale[degree],
                 vowel=str(rng.choice(list(VOWELS))),
                 level_db=float(rng.uniform(-22.0, 0.0)),
                 swell_db=float(rng.uniform(-8.0, 8.0)),
@@ -239,7 +262,7 @@ def _plan_singing(rng: np.random.Generator, voice: dict, seconds: float) -> list
                 vibrato_depth=float(rng.uniform(20.0, 80.0)),
                 vibrato_delay=float(rng.uniform(0.12, 0.18)),
             )
-        )  # fmt: skip
+        )
         t += duration
         if rng.random() < 0.3:  # a breath between notes
             t += float(rng.uniform(0.1, 0.35))
@@ -257,25 +280,35 @@ def _plan_talking(rng: np.random.Generator, voice: dict, seconds: float) -> list
         # Declination: pitch drifts down over the phrase.
         top, bottom = rng.uniform(0.55, 0.8), rng.uniform(0.05, 0.25)
 
-        def declined(time: float, top=top, bottom=bottom, start=phrase_start, length=phrase_len) -> float:
+        def declined(
+            time: float, top=top, bottom=bottom, start=phrase_start, length=phrase_len
+        ) -> float:
             frac = min(max((time - start) / length, 0.0), 1.0)
             return lo * 2 ** (span * (top + (bottom - top) * frac))
 
         while t < phrase_end and t < seconds:
             duration = float(rng.uniform(0.15, 0.25))
             stressed = rng.random() < 0.35
-            accent = float(rng.uniform(1.0, 2.5)) if stressed else float(rng.uniform(-0.5, 0.5))  # semitones
+            accent = (
+                float(rng.uniform(1.0, 2.5)) if stressed else float(rng.uniform(-0.5, 0.5))
+            )  # semitones
             pitch = min(hi, max(lo, declined(t) * 2 ** (accent / 12)))
             pitch_end = min(hi, max(lo, declined(t + duration) * 2 ** (0.5 * accent / 12)))
             events.append(
                 _Event(
-                    start=t, duration=duration, pitch=pitch, pitch_end=pitch_end,
+                    start=t,
+                    duration=duration,
+                    pitch=pitch,
+                    pitch_end=pitch_end,
                     vowel=str(rng.choice(list(VOWELS))),
-                    level_db=base_db + (float(rng.uniform(0.0, 3.0)) if stressed else float(rng.uniform(-7.0, -2.0))),
+                    level_db=base_db
+                    + (
+                        float(rng.uniform(0.0, 3.0)) if stressed else float(rng.uniform(-7.0, -2.0))
+                    ),
                     swell_db=float(rng.uniform(-3.0, 0.0)),
                     consonant=str(rng.choice(list(CONSONANTS))) if rng.random() < 0.8 else None,
                 )
-            )  # fmt: skip
+            )
             t += duration
         t += float(rng.uniform(0.15, 0.35))  # pause between phrases
     return events
@@ -291,7 +324,9 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-def _controls(events: list[_Event], kind: str, voice: dict, num_samples: int, sr: int) -> dict[str, np.ndarray]:
+def _controls(
+    events: list[_Event], kind: str, voice: dict, num_samples: int, sr: int
+) -> dict[str, np.ndarray]:
     """Per-sample control curves (all shape ``S``) for the score ``events``."""
     t = np.arange(num_samples) / sr
     log_pitch = np.full(num_samples, math.log2(events[0].pitch))
@@ -314,7 +349,11 @@ def _controls(events: list[_Event], kind: str, voice: dict, num_samples: int, sr
         adjacent = following is not None and abs(following.start - (ev.start + ev.duration)) < 1e-9
         legato = adjacent and not following.consonant  # else the voice stops for the consonant
         # Pitch holds from this onset until the next onset (also through a rest).
-        hold_end = min(num_samples, int(round(following.start * sr))) if following is not None else num_samples
+        hold_end = (
+            min(num_samples, int(round(following.start * sr)))
+            if following is not None
+            else num_samples
+        )
         seg = slice(s0, hold_end)
         u = np.clip((t[seg] - ev.start) / ev.duration, 0.0, 1.0)
         log_pitch[seg] = math.log2(ev.pitch) + u * (math.log2(ev.pitch_end) - math.log2(ev.pitch))
@@ -334,7 +373,11 @@ def _controls(events: list[_Event], kind: str, voice: dict, num_samples: int, sr
             fade_in = np.ones(s1 - s0)  # legato: the voice carries straight on into this event
         else:
             fade_in = _smoothstep((t[s0:s1] - voice_on) / attack)
-        fade_out = np.ones_like(fade_in) if legato else _smoothstep((ev.start + ev.duration - t[s0:s1]) / release)
+        fade_out = (
+            np.ones_like(fade_in)
+            if legato
+            else _smoothstep((ev.start + ev.duration - t[s0:s1]) / release)
+        )
         gain = np.maximum(fade_in * fade_out, 1e-4)
         level_db[s0:s1] = db + 20.0 * np.log10(gain)
         voiced = (t[s0:s1] >= voice_on) & (fade_out > 0.5)
@@ -359,9 +402,13 @@ def _controls(events: list[_Event], kind: str, voice: dict, num_samples: int, sr
     f0 = 2.0 ** (log_pitch + vib_depth * vib_signal / 1200.0)
     amplitude = gaussian_filter1d(10.0 ** (level_db / 20.0), sigma=0.004 * sr, mode="nearest")
     return {
-        "f0": f0, "amplitude": amplitude, "formants": formants, "held": held,
-        "vib_phase": vib_phase, "vib_gate": vib_gate,
-    }  # fmt: skip
+        "f0": f0,
+        "amplitude": amplitude,
+        "formants": formants,
+        "held": held,
+        "vib_phase": vib_phase,
+        "vib_gate": vib_gate,
+    }
 
 
 def _glottal_source(f0: np.ndarray, sr: int, tilt: float) -> np.ndarray:
@@ -397,7 +444,9 @@ def _formant_filter(x: np.ndarray, formants: np.ndarray, sr: int, block: int = 3
     return out
 
 
-def _consonant_noise(rng: np.random.Generator, events: list[_Event], num_samples: int, sr: int) -> np.ndarray:
+def _consonant_noise(
+    rng: np.random.Generator, events: list[_Event], num_samples: int, sr: int
+) -> np.ndarray:
     """Band-passed noise bursts at the onsets that carry a consonant (S,)."""
     noise = np.zeros(num_samples)
     for ev in events:
@@ -425,14 +474,24 @@ def synth_audio(
 ) -> tuple[np.ndarray, dict[str, np.ndarray], list[_Event]]:
     """Synthesize one performance: ``(wave S float32 peak 0.5, per-sample controls, events)``."""
     seconds = num_samples / sample_rate
-    events = _plan_singing(rng, voice, seconds) if kind == "singing" else _plan_talking(rng, voice, seconds)
+    events = (
+        _plan_singing(rng, voice, seconds)
+        if kind == "singing"
+        else _plan_talking(rng, voice, seconds)
+    )
     ctl = _controls(events, kind, voice, num_samples, sample_rate)
     source = _glottal_source(ctl["f0"], sample_rate, voice["tilt"])
-    source = source / (np.abs(source).max() + 1e-9) + voice["breath"] * rng.standard_normal(num_samples)
+    source = source / (np.abs(source).max() + 1e-9) + voice["breath"] * rng.standard_normal(
+        num_samples
+    )
     voiced = _formant_filter(source * ctl["amplitude"], ctl["formants"], sample_rate)
     # Consonant bursts are scaled relative to the voiced signal so their balance does not
     # depend on the formant filter's gain.
-    voiced_rms = np.sqrt(np.mean(voiced[ctl["amplitude"] > 0.1] ** 2)) if (ctl["amplitude"] > 0.1).any() else 1.0
+    voiced_rms = (
+        np.sqrt(np.mean(voiced[ctl["amplitude"] > 0.1] ** 2))
+        if (ctl["amplitude"] > 0.1).any()
+        else 1.0
+    )
     wave = voiced + voiced_rms * _consonant_noise(rng, events, num_samples, sample_rate)
     # Peak at -6 dBFS leaves room for the AAC encoder's overshoot.
     wave = 0.5 * wave / (np.abs(wave).max() + 1e-9)
@@ -444,11 +503,17 @@ def synth_audio(
 # =============================================================================================
 
 
-def _frame_causes(ctl: dict, events: list[_Event], num_frames: int, fps: float, sr: int) -> dict[str, np.ndarray]:
+def _frame_causes(
+    ctl: dict, events: list[_Event], num_frames: int, fps: float, sr: int
+) -> dict[str, np.ndarray]:
     """Audio causes per video frame (each ``F``), sampled at frame centres."""
     num_samples = len(ctl["f0"])
-    centres = np.clip(((np.arange(num_frames) + 0.5) / fps * sr).astype(np.int64), 0, num_samples - 1)
-    bounds = np.clip(np.round(np.arange(num_frames + 1) / fps * sr).astype(np.int64), 0, num_samples)
+    centres = np.clip(
+        ((np.arange(num_frames) + 0.5) / fps * sr).astype(np.int64), 0, num_samples - 1
+    )
+    bounds = np.clip(
+        np.round(np.arange(num_frames + 1) / fps * sr).astype(np.int64), 0, num_samples
+    )
     # Loudness averages the envelope over each frame's samples.
     sums = np.concatenate([[0.0], np.cumsum(ctl["amplitude"])])
     counts = np.maximum(bounds[1:] - bounds[:-1], 1)
@@ -473,7 +538,14 @@ def _frame_causes(ctl: dict, events: list[_Event], num_frames: int, fps: float, 
 
 
 def face_laws(
-    causes: dict[str, np.ndarray], ctl: dict, events: list[_Event], *, kind: str, voice: dict, fps: float, sr: int
+    causes: dict[str, np.ndarray],
+    ctl: dict,
+    events: list[_Event],
+    *,
+    kind: str,
+    voice: dict,
+    fps: float,
+    sr: int,
 ) -> dict[str, np.ndarray]:
     """Face parameters per frame (each ``F``) from the audio, by the benchmark's fixed laws.
 
@@ -482,7 +554,9 @@ def face_laws(
     """
     num_frames = len(causes["pitch"])
     num_samples = len(ctl["f0"])
-    centres = np.clip(((np.arange(num_frames) + 0.5) / fps * sr).astype(np.int64), 0, num_samples - 1)
+    centres = np.clip(
+        ((np.arange(num_frames) + 0.5) / fps * sr).astype(np.int64), 0, num_samples - 1
+    )
     scale = voice["formant_scale"]
     f1 = ctl["formants"][0, centres] / scale
     f2 = ctl["formants"][1, centres] / scale
@@ -498,7 +572,11 @@ def face_laws(
     brow = np.clip(np.log2(causes["pitch"] / lo) / math.log2(hi / lo), 0.0, 1.0)
     brow = gaussian_filter1d(brow, sigma=2.0, mode="nearest")  # also irons out the vibrato wobble
 
-    sway = ctl["vib_gate"][centres] * np.sin(ctl["vib_phase"][centres]) if kind == "singing" else np.zeros(num_frames)
+    sway = (
+        ctl["vib_gate"][centres] * np.sin(ctl["vib_phase"][centres])
+        if kind == "singing"
+        else np.zeros(num_frames)
+    )
 
     eye_close = np.clip((causes["held"] - EYE_HOLD_START) / EYE_HOLD_SPAN, 0.0, 1.0)
     eye_close = gaussian_filter1d(eye_close, sigma=1.5, mode="nearest")
@@ -508,7 +586,9 @@ def face_laws(
     for ev in events:
         lag = np.maximum(times - ev.start, 0.0)
         accent = float(np.clip((ev.level_db - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB, 0.3, 1.0))
-        bump = (lag / NOD_TAU) * np.exp(1.0 - lag / NOD_TAU)  # 0 before the onset, peak 1 at NOD_TAU
+        bump = (lag / NOD_TAU) * np.exp(
+            1.0 - lag / NOD_TAU
+        )  # 0 before the onset, peak 1 at NOD_TAU
         drive += accent * bump
     nod = 1.0 - np.exp(-drive)
 
@@ -556,7 +636,9 @@ def _blend(image, alpha, colour):
     image += alpha[..., None] * (np.asarray(colour, dtype=np.float32) - image)
 
 
-def render_face(params: dict[str, np.ndarray], identity: dict, size: int, *, chunk: int = 64) -> np.ndarray:
+def render_face(
+    params: dict[str, np.ndarray], identity: dict, size: int, *, chunk: int = 64
+) -> np.ndarray:
     """Draw the face for every frame of ``params`` (each cue: ``F``) → ``F×size×size×3`` uint8.
 
     ``identity`` is a speaker's ``identity`` dict (colours, face and hair shape). Cues missing from
@@ -568,7 +650,10 @@ def render_face(params: dict[str, np.ndarray], identity: dict, size: int, *, chu
     if len(lengths) != 1:
         raise ValueError(f"all cues need the same number of frames, got lengths {sorted(lengths)}")
     num_frames = lengths.pop()
-    cue = {name: np.asarray(params.get(name, np.zeros(num_frames)), dtype=np.float32).reshape(-1) for name in FACE_CUES}
+    cue = {
+        name: np.asarray(params.get(name, np.zeros(num_frames)), dtype=np.float32).reshape(-1)
+        for name in FACE_CUES
+    }
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for start in range(0, num_frames, chunk):
         sl = slice(start, min(num_frames, start + chunk))
@@ -623,7 +708,9 @@ def _render_chunk(cue: dict[str, np.ndarray], identity: dict, size: int) -> np.n
         along = np.clip((x - bx) / (BROW_HALF_LEN * s), -1.0, 1.0)
         centre = brow_cy + BROW_ARCH * s * along * along
         ends = np.clip(0.5 + BROW_HALF_LEN * s - np.abs(x - bx), 0.0, 1.0)
-        _blend(image, ends * _span_coverage(y, centre - half_thick, centre + half_thick), BROW_COLOUR)
+        _blend(
+            image, ends * _span_coverage(y, centre - half_thick, centre + half_thick), BROW_COLOUR
+        )
 
     # Eyes: the lid squashes each eye towards its fixed lower edge.
     eye_ry = EYE_RY * s * (1.0 - per_frame(cue["eye_close"]))
@@ -635,7 +722,9 @@ def _render_chunk(cue: dict[str, np.ndarray], identity: dict, size: int) -> np.n
     # Mouth: width from the vowel, opening from loudness × vowel openness; centre fixed.
     mouth_rx = s * (MOUTH_RX0 + MOUTH_RX1 * per_frame(cue["mouth_width"]))
     mouth_ry = s * (MOUTH_RY0 + MOUTH_RY1 * per_frame(cue["mouth_open"]))
-    _blend(image, _thin_ellipse_coverage(x, y, cx, cy + MOUTH_Y * s, mouth_rx, mouth_ry), MOUTH_COLOUR)
+    _blend(
+        image, _thin_ellipse_coverage(x, y, cx, cy + MOUTH_Y * s, mouth_rx, mouth_ry), MOUTH_COLOUR
+    )
 
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
@@ -667,12 +756,16 @@ def synth_clip(
         raise ValueError(f"size must be an even number of pixels in [32, 128], got {size}")
     num_frames = int(round(seconds * fps))
     if num_frames < 1:
-        raise ValueError(f"seconds × fps must give at least one frame, got {seconds} s at {fps} fps")
+        raise ValueError(
+            f"seconds × fps must give at least one frame, got {seconds} s at {fps} fps"
+        )
     num_samples = int(round(num_frames / fps * sample_rate))
     if speaker is None:
         speaker = sample_speaker(rng)
 
-    wave, ctl, events = synth_audio(rng, kind, speaker.voice, num_samples=num_samples, sample_rate=sample_rate)
+    wave, ctl, events = synth_audio(
+        rng, kind, speaker.voice, num_samples=num_samples, sample_rate=sample_rate
+    )
     causes = _frame_causes(ctl, events, num_frames, fps, sample_rate)
     face = face_laws(causes, ctl, events, kind=kind, voice=speaker.voice, fps=fps, sr=sample_rate)
     frames = render_face(face, speaker.identity, size)
@@ -726,9 +819,14 @@ def _make_clip(task: dict) -> dict:
     kind = clip_kind(index, task["kind"])
     speaker = _speaker_for(seed, index // 2)
     frames, wave, record = synth_clip(
-        rng, kind, size=task["size"], seconds=task["seconds"], fps=task["fps"],
-        sample_rate=task["sample_rate"], speaker=speaker,
-    )  # fmt: skip
+        rng,
+        kind,
+        size=task["size"],
+        seconds=task["seconds"],
+        fps=task["fps"],
+        sample_rate=task["sample_rate"],
+        speaker=speaker,
+    )
     clip_id = f"clip{index:05d}"
     rel = f"clips/{clip_id}.mp4"
     write_mp4(Path(task["out"]) / rel, frames, task["fps"], wave, task["sample_rate"])
@@ -762,9 +860,15 @@ def generate_dataset(
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     args = {
-        "clips": clips, "seed": seed, "kind": kind, "size": size, "seconds": seconds, "fps": fps,
-        "sample_rate": sample_rate, "version": SYNTH_VERSION,
-    }  # fmt: skip
+        "clips": clips,
+        "seed": seed,
+        "kind": kind,
+        "size": size,
+        "seconds": seconds,
+        "fps": fps,
+        "sample_rate": sample_rate,
+        "version": SYNTH_VERSION,
+    }
     tasks = [{**args, "index": i, "out": str(out)} for i in range(clips)]
     bar = tqdm(total=clips, desc="SynthSing", unit="clip", disable=not progress)
     records = []
@@ -783,12 +887,16 @@ def generate_dataset(
     lines = [json.dumps(record, sort_keys=True) for record in records]
     (out / "meta.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = {**args, "num_speakers": num_speakers(clips)}
-    (out / "synth.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "synth.json").write_text(
+        json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return records
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate the SynthSing benchmark (mp4 clips + per-frame truth).")
+    parser = argparse.ArgumentParser(
+        description="Generate the SynthSing benchmark (mp4 clips + per-frame truth)."
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--clips", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
@@ -801,9 +909,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     fps = int(args.fps) if float(args.fps).is_integer() else args.fps
     records = generate_dataset(
-        args.out, clips=args.clips, seed=args.seed, kind=args.kind, size=args.size, seconds=args.seconds,
-        fps=fps, sample_rate=args.sr, workers=args.workers,
-    )  # fmt: skip
+        args.out,
+        clips=args.clips,
+        seed=args.seed,
+        kind=args.kind,
+        size=args.size,
+        seconds=args.seconds,
+        fps=fps,
+        sample_rate=args.sr,
+        workers=args.workers,
+    )
     print(f"wrote {len(records)} clips to {args.out}")
 
 

@@ -45,7 +45,9 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch
     return uncond + scale * (cond - uncond)
 
 
-def drop_conditions(batch_size: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_conditions(
+    batch_size: int, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Bool mask ``B``: True where a sample's condition is dropped (probability ``p`` each).
 
     Drawn on the generator's device (CPU when there is none); move it where it is needed.
@@ -87,7 +89,9 @@ class GaussianDiffusion:
     ):
         if prediction_type not in PREDICTION_TYPES:
             choices = ", ".join(PREDICTION_TYPES)
-            raise ValueError(f"unknown prediction_type '{prediction_type}'; choose one of {choices}")
+            raise ValueError(
+                f"unknown prediction_type '{prediction_type}'; choose one of {choices}"
+            )
         if prediction_type == "epsilon" and zero_terminal_snr:
             raise ValueError(
                 "prediction_type='epsilon' cannot be combined with zero_terminal_snr=True: at SNR = 0 the "
@@ -140,7 +144,9 @@ class GaussianDiffusion:
             return clipped / (snr + 1.0)
         if self.prediction_type == "epsilon":
             # min(SNR, γ)/SNR → 1 as SNR → 0; write the limit instead of 0/0.
-            return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr))
+            return torch.where(
+                snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr)
+            )
         return clipped  # x0 target
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -174,14 +180,20 @@ class GaussianDiffusion:
         """
         batch = x0.shape[0]
         device = generator.device if generator is not None else x0.device
-        t = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator, device=device).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+        t = torch.randint(
+            0, self.num_train_timesteps, (batch,), generator=generator, device=device
+        ).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(
+            x0.device
+        )
         x_t = self.add_noise(x0, noise, t)
         target = self.target(x0, noise, t)
 
         prediction = denoise_fn(x_t, t)
         if prediction.shape != target.shape:
-            raise ValueError(f"denoise_fn returned shape {tuple(prediction.shape)}, expected {tuple(target.shape)}")
+            raise ValueError(
+                f"denoise_fn returned shape {tuple(prediction.shape)}, expected {tuple(target.shape)}"
+            )
         mse = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # B
         weight = self.loss_weight(self.snr(t))
         loss = (weight * mse).mean()
@@ -221,7 +233,9 @@ class GaussianDiffusion:
         scheduler = self.make_sampler()
         scheduler.set_timesteps(steps, device=device)
         noise_device = generator.device if generator is not None else device
-        x = torch.randn(tuple(shape), generator=generator, device=noise_device, dtype=dtype).to(device)
+        x = torch.randn(tuple(shape), generator=generator, device=noise_device, dtype=dtype).to(
+            device
+        )
         x = x * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps
         if progress:

@@ -76,7 +76,9 @@ def _filter(audio, lo: float, hi: float, sample_rate: int, *, method: str, order
     from scipy.signal import sosfiltfilt
 
     is_tensor = torch.is_tensor(audio)
-    data = audio.detach().cpu().double().numpy() if is_tensor else np.asarray(audio, dtype=np.float64)
+    data = (
+        audio.detach().cpu().double().numpy() if is_tensor else np.asarray(audio, dtype=np.float64)
+    )
     nyquist = sample_rate / 2.0
     if hi <= lo:
         raise ValueError(f"a band needs lo < hi, got [{lo}, {hi}] Hz")
@@ -97,16 +99,22 @@ def _filter(audio, lo: float, hi: float, sample_rate: int, *, method: str, order
     else:
         raise ValueError(f"band filter method must be 'butter' or 'fft', got {method!r}")
     if is_tensor:
-        return torch.from_numpy(np.ascontiguousarray(out)).to(dtype=audio.dtype, device=audio.device)
+        return torch.from_numpy(np.ascontiguousarray(out)).to(
+            dtype=audio.dtype, device=audio.device
+        )
     return out.astype(np.asarray(audio).dtype, copy=False)
 
 
-def bandstop(audio, lo: float, hi: float, sample_rate: int, *, method: str = "butter", order: int = 8):
+def bandstop(
+    audio, lo: float, hi: float, sample_rate: int, *, method: str = "butter", order: int = 8
+):
     """Remove ``[lo, hi]`` Hz from ``audio`` (``…×S``, numpy or torch; same type back), zero-phase."""
     return _filter(audio, lo, hi, sample_rate, method=method, order=order, mode="stop")
 
 
-def bandpass(audio, lo: float, hi: float, sample_rate: int, *, method: str = "butter", order: int = 8):
+def bandpass(
+    audio, lo: float, hi: float, sample_rate: int, *, method: str = "butter", order: int = 8
+):
     """Keep only ``[lo, hi]`` Hz of ``audio`` (``…×S``, numpy or torch; same type back), zero-phase."""
     return _filter(audio, lo, hi, sample_rate, method=method, order=order, mode="pass")
 
@@ -137,7 +145,9 @@ def _nanmean_rows(values: np.ndarray) -> np.ndarray:
 
 # -- the sensitivity accumulator --------------------------------------------------------------
 MetricFactory = Callable[[], dict]  # → {metric name: fresh Metric}
-EvalBatchFactory = Callable[[dict, torch.Tensor, torch.Tensor], object]  # (batch, video, audio) → EvalBatch
+EvalBatchFactory = Callable[
+    [dict, torch.Tensor, torch.Tensor], object
+]  # (batch, video, audio) → EvalBatch
 
 
 @dataclass
@@ -145,7 +155,9 @@ class _SeedState:
     """Per-seed accumulators: one fresh metric set per band plus the full band."""
 
     metrics: dict[int, dict]  # band index (-1 = full band) → {name: Metric}
-    per_clip: dict[tuple[int, str], list[float]] = field(default_factory=dict)  # (band, target) → clips
+    per_clip: dict[tuple[int, str], list[float]] = field(
+        default_factory=dict
+    )  # (band, target) → clips
 
 
 class BandSensitivity:
@@ -156,8 +168,13 @@ class BandSensitivity:
     scalars are kept, so memory does not grow with resolution.
     """
 
-    def __init__(self, bands: Sequence[tuple[float, float]], cue_names: Sequence[str],
-                 metric_factory: MetricFactory, eval_batch: EvalBatchFactory):  # fmt: skip
+    def __init__(
+        self,
+        bands: Sequence[tuple[float, float]],
+        cue_names: Sequence[str],
+        metric_factory: MetricFactory,
+        eval_batch: EvalBatchFactory,
+    ):
         self.bands = [(float(lo), float(hi)) for lo, hi in bands]
         self.cue_names = tuple(cue_names)
         self.metric_factory = metric_factory
@@ -170,7 +187,9 @@ class BandSensitivity:
         self.set_deltas: dict[tuple[int, str], list[float]] = {}
 
     def start_seed(self) -> None:
-        self._seed = _SeedState(metrics={i: self.metric_factory() for i in range(-1, len(self.bands))})
+        self._seed = _SeedState(
+            metrics={i: self.metric_factory() for i in range(-1, len(self.bands))}
+        )
 
     def _push(self, band: int, target: str, values: np.ndarray) -> None:
         self._seed.per_clip.setdefault((band, target), []).extend(float(v) for v in values)
@@ -189,10 +208,14 @@ class BandSensitivity:
         ``audio`` is what the metrics see; the evaluator passes the clip's original audio.
         """
         video_cpu = video.detach().float().cpu()
-        self._push(band, "pixel_l1", _nanmean_rows((video_cpu - self._full_video).abs().numpy() / 2.0))
+        self._push(
+            band, "pixel_l1", _nanmean_rows((video_cpu - self._full_video).abs().numpy() / 2.0)
+        )
         cues = estimate_cues(video, self.cue_names)
         for k, name in enumerate(self.cue_names):
-            self._push(band, f"cue/{name}", _nanmean_rows(np.abs(cues[..., k] - self._full_cues[..., k])))
+            self._push(
+                band, f"cue/{name}", _nanmean_rows(np.abs(cues[..., k] - self._full_cues[..., k]))
+            )
         eval_batch = self.eval_batch(batch, video, audio)
         for metric in self._seed.metrics[band].values():
             metric.update(eval_batch)
@@ -207,10 +230,14 @@ class BandSensitivity:
             clips = {k: v for m in metrics.values() for k, v in m.per_clip().items()}
             for key, value in values.items():
                 if key in clips and key in full_clips:
-                    delta = np.asarray(clips[key], dtype=np.float64) - np.asarray(full_clips[key], dtype=np.float64)
+                    delta = np.asarray(clips[key], dtype=np.float64) - np.asarray(
+                        full_clips[key], dtype=np.float64
+                    )
                     seed.per_clip[(band, key)] = list(delta)
                 else:
-                    self.set_deltas.setdefault((band, key), []).append(float(value) - float(full.get(key, np.nan)))
+                    self.set_deltas.setdefault((band, key), []).append(
+                        float(value) - float(full.get(key, np.nan))
+                    )
         for key, values in seed.per_clip.items():
             self.clip_deltas.setdefault(key, []).append(values)
         self._seed = None
@@ -227,14 +254,25 @@ class BandSensitivity:
         for band, (lo, hi) in enumerate(self.bands):
             for target in self.targets():
                 if (band, target) in self.clip_deltas:
-                    per_seed = np.asarray(self.clip_deltas[(band, target)], dtype=np.float64)  # seeds × clips
+                    per_seed = np.asarray(
+                        self.clip_deltas[(band, target)], dtype=np.float64
+                    )  # seeds × clips
                     with np.errstate(invalid="ignore"):
                         units = _nanmean_rows(per_seed.T)  # a clip's delta, averaged over seeds
                 else:
                     units = np.asarray(self.set_deltas.get((band, target), []), dtype=np.float64)
                 estimate, lo_ci, hi_ci = bootstrap_ci(units, n=n_boot, alpha=alpha, seed=seed)
-                rows.append({"band": band_label(lo, hi), "lo_hz": lo, "hi_hz": hi, "target": target,
-                             "delta": estimate, "ci_lo": lo_ci, "ci_hi": hi_ci})  # fmt: skip
+                rows.append(
+                    {
+                        "band": band_label(lo, hi),
+                        "lo_hz": lo,
+                        "hi_hz": hi,
+                        "target": target,
+                        "delta": estimate,
+                        "ci_lo": lo_ci,
+                        "ci_hi": hi_ci,
+                    }
+                )
         return rows
 
 
@@ -247,9 +285,17 @@ def is_motion_target(target: str) -> bool:
     return target == "pixel_l1" or target.startswith("cue/")
 
 
-def plot_heatmap(rows: list[dict], path: str | Path, *, value: str = "delta", index: str = "band",
-                 columns: str = "target", title: str = "", scale_by: str = "columns",
-                 note_missing: str = "no value") -> Path:  # fmt: skip
+def plot_heatmap(
+    rows: list[dict],
+    path: str | Path,
+    *,
+    value: str = "delta",
+    index: str = "band",
+    columns: str = "target",
+    title: str = "",
+    scale_by: str = "columns",
+    note_missing: str = "no value",
+) -> Path:
     """A seaborn heatmap of a long table (one row per cell) → PNG at ``path``.
 
     Colours are normalised per target (``scale_by="columns"``: per column, ``"index"``: per
@@ -270,7 +316,9 @@ def plot_heatmap(rows: list[dict], path: str | Path, *, value: str = "delta", in
     frame[value] = pd.to_numeric(frame[value], errors="coerce")
     order = list(dict.fromkeys(frame[index]))
     col_order = list(dict.fromkeys(frame[columns]))
-    grid = frame.pivot_table(index=index, columns=columns, values=value, aggfunc="first", dropna=False)
+    grid = frame.pivot_table(
+        index=index, columns=columns, values=value, aggfunc="first", dropna=False
+    )
     grid = grid.reindex(index=order, columns=col_order)
     if scale_by == "none":
         shown, bar = grid.clip(-1.0, 1.0), f"{value} (clipped to [-1, 1])"
@@ -282,9 +330,18 @@ def plot_heatmap(rows: list[dict], path: str | Path, *, value: str = "delta", in
     label_width = max((len(str(x)) for x in order), default=4)
     fig_w = 1.6 + 0.075 * label_width + 0.8 * len(col_order)
     fig, ax = plt.subplots(figsize=(max(4.5, fig_w), 1.3 + 0.4 * len(order)))
-    sns.heatmap(shown, annot=grid, fmt=".3g", cmap="vlag", center=0.0, vmin=-1, vmax=1, ax=ax,
-                cbar_kws={"label": bar},
-                annot_kws={"size": 7})  # fmt: skip
+    sns.heatmap(
+        shown,
+        annot=grid,
+        fmt=".3g",
+        cmap="vlag",
+        center=0.0,
+        vmin=-1,
+        vmax=1,
+        ax=ax,
+        cbar_kws={"label": bar},
+        annot_kws={"size": 7},
+    )
     missing = bool(grid.isna().to_numpy().any())
     ax.set_title(title + (f"\n(blank cell: {note_missing})" if missing else ""), fontsize=10)
     ax.set_xlabel("")
@@ -315,12 +372,18 @@ def plot_sensitivity(rows: list[dict], out_dir: str | Path, *, title: str = "") 
     files = {}
     if motion:
         files["band_sensitivity.png"] = plot_heatmap(
-            motion, out_dir / "band_sensitivity.png", title=f"{title}: change when a band is removed".lstrip(": "),
+            motion,
+            out_dir / "band_sensitivity.png",
+            title=f"{title}: change when a band is removed".lstrip(": "),
             note_missing="the estimator found no face in the generated frames",
-        )  # fmt: skip
+        )
     if metrics:
         files["band_sensitivity_metrics.png"] = plot_heatmap(
-            metrics, out_dir / "band_sensitivity_metrics.png", index="target", columns="band", scale_by="index",
+            metrics,
+            out_dir / "band_sensitivity_metrics.png",
+            index="target",
+            columns="band",
+            scale_by="index",
             title=f"{title}: metric change (band stopped − full band)".lstrip(": "),
-        )  # fmt: skip
+        )
     return files

@@ -54,7 +54,9 @@ def grouped_folds(groups: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.n
 
     n_groups = len(np.unique(groups))
     if n_groups < 2:
-        raise ProbeError(f"probes need frames from at least 2 clips for grouped cross-validation, got {n_groups}")
+        raise ProbeError(
+            f"probes need frames from at least 2 clips for grouped cross-validation, got {n_groups}"
+        )
     splitter = GroupKFold(n_splits=min(folds, n_groups))
     return list(splitter.split(np.zeros(len(groups)), groups=groups))
 
@@ -66,7 +68,9 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, n
     return (x_train - mean) / std, (x_test - mean) / std
 
 
-def ridge_path(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
+def ridge_path(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alphas: Sequence[float]
+) -> np.ndarray:
     """Ridge predictions for every strength at once: ``A × n_test × K``.
 
     Features are standardised on the training set; the intercept is the training mean of each
@@ -86,8 +90,13 @@ def ridge_path(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alp
     return out
 
 
-def select_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: Sequence[float],
-                 folds: int = INNER_FOLDS) -> np.ndarray:  # fmt: skip
+def select_alpha(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    alphas: Sequence[float],
+    folds: int = INNER_FOLDS,
+) -> np.ndarray:
     """Per target, the index into ``alphas`` with the least squared error over an inner grouped
     K-fold of the training frames (``K`` indices). With fewer than 2 clips there is nothing to
     cross-validate: the middle of the grid."""
@@ -131,8 +140,10 @@ def ridge_probe(
     y = y[:, None] if y.ndim == 1 else y
     groups = np.asarray(groups)
     if not (len(x) == len(y) == len(groups)):
-        raise ValueError(f"features, targets and groups must have the same length, "
-                         f"got {len(x)}, {len(y)}, {len(groups)}")
+        raise ValueError(
+            f"features, targets and groups must have the same length, "
+            f"got {len(x)}, {len(y)}, {len(groups)}"
+        )
     finite = np.isfinite(x).all(axis=1)
     x, y, groups = x[finite], y[finite], groups[finite]
     splits = grouped_folds(groups, folds)
@@ -161,11 +172,15 @@ def _ridge_scores(x, y, groups, splits, alphas, inner_folds) -> np.ndarray:
             if len(train) < 2 or len(test) < 1:
                 continue
             chosen = select_alpha(x[train], yk[train], groups[train], alphas, inner_folds)
-            model = make_pipeline(StandardScaler(), Ridge(alpha=np.asarray(alphas, dtype=np.float64)[chosen]))
+            model = make_pipeline(
+                StandardScaler(), Ridge(alpha=np.asarray(alphas, dtype=np.float64)[chosen])
+            )
             pred = model.fit(x[train], yk[train]).predict(x[test]).reshape(len(test), len(cols))
             mse = ((pred - yk[test]) ** 2).mean(axis=0)
             with np.errstate(divide="ignore", invalid="ignore"):
-                scores[f, cols] = np.where(variance > MIN_TARGET_VARIANCE, 1.0 - mse / variance, np.nan)
+                scores[f, cols] = np.where(
+                    variance > MIN_TARGET_VARIANCE, 1.0 - mse / variance, np.nan
+                )
     return scores
 
 
@@ -239,22 +254,44 @@ def probe_frontend(
         (FULL_BAND, 0.0, sample_rate / 2.0, None)
     ]
     conditions += [(band_label(lo, hi), lo, hi, (lo, hi)) for lo, hi in bands]
-    for label, lo, hi, band in tqdm(conditions, desc=f"probe {name}", disable=not progress, leave=False):
+    for label, lo, hi, band in tqdm(
+        conditions, desc=f"probe {name}", disable=not progress, leave=False
+    ):
         scores = []
         for frontend in frontends:
-            data = frontend_probe_data(frontend, batches, sample_rate=sample_rate, band=band, method=method,
-                                       order=order, device=device)  # fmt: skip
-            scores.append(ridge_probe(data.features, data.targets, data.groups, folds=folds, alphas=alphas))
+            data = frontend_probe_data(
+                frontend,
+                batches,
+                sample_rate=sample_rate,
+                band=band,
+                method=method,
+                order=order,
+                device=device,
+            )
+            scores.append(
+                ridge_probe(data.features, data.targets, data.groups, folds=folds, alphas=alphas)
+            )
         stacked = np.concatenate(scores, axis=0)  # (folds·seeds) × K
         for k, cue in enumerate(cue_names):
             estimate, lo_ci, hi_ci = bootstrap_ci(stacked[:, k], n=n_boot, alpha=alpha)
-            rows.append({"frontend": name, "band": label, "lo_hz": float(lo), "hi_hz": float(hi), "cue": cue,
-                         "r2": estimate, "ci_lo": lo_ci, "ci_hi": hi_ci})  # fmt: skip
+            rows.append(
+                {
+                    "frontend": name,
+                    "band": label,
+                    "lo_hz": float(lo),
+                    "hi_hz": float(hi),
+                    "cue": cue,
+                    "r2": estimate,
+                    "ci_lo": lo_ci,
+                    "ci_hi": hi_ci,
+                }
+            )
     return rows
 
 
-def build_frontend_at_init(name: str, *, sample_rate: int, fps: float, seed: int,
-                           overrides: Sequence[str] = ()) -> torch.nn.Module:  # fmt: skip
+def build_frontend_at_init(
+    name: str, *, sample_rate: int, fps: float, seed: int, overrides: Sequence[str] = ()
+) -> torch.nn.Module:
     """A registered front-end with its config-group defaults (``singer/conf/frontend/<name>.yaml``,
     plus ``overrides`` such as ``"random_init=true"``), randomly initialised from ``seed``.
 
@@ -280,7 +317,9 @@ def build_frontend_at_init(name: str, *, sample_rate: int, fps: float, seed: int
     kwargs.pop("name", None)
     from singer.models.spec import component_init
 
-    with component_init(seed, "frontend"):  # the stream a training run of this seed builds its front-end from
+    with component_init(
+        seed, "frontend"
+    ):  # the stream a training run of this seed builds its front-end from
         return FRONTENDS.build(name, sample_rate=sample_rate, fps=fps, **kwargs)
 
 
@@ -315,7 +354,9 @@ def probe_frontends(
     if batches is None or sample_rate is None or fps is None:
         from singer.evaluation.runner import load_probe_batches
 
-        loaded_batches, cfg = load_probe_batches(checkpoint=checkpoint, data_cache=data_cache, protocol=protocol)
+        loaded_batches, cfg = load_probe_batches(
+            checkpoint=checkpoint, data_cache=data_cache, protocol=protocol
+        )
         batches = batches if batches is not None else loaded_batches
         sample_rate = sample_rate or int(cfg.data.sample_rate)
         fps = fps or float(cfg.data.fps)
@@ -326,9 +367,16 @@ def probe_frontends(
     rows, errors = [], {}
     for name in names:
         try:
-            instances = [build_frontend_at_init(name, sample_rate=sample_rate, fps=fps, seed=s,
-                                                overrides=(overrides or {}).get(name, ())).to(device)
-                         for s in seeds]  # fmt: skip
+            instances = [
+                build_frontend_at_init(
+                    name,
+                    sample_rate=sample_rate,
+                    fps=fps,
+                    seed=s,
+                    overrides=(overrides or {}).get(name, ()),
+                ).to(device)
+                for s in seeds
+            ]
         except Exception as err:  # noqa: BLE001 - reported per front-end
             if on_error != "skip":
                 raise
@@ -336,9 +384,19 @@ def probe_frontends(
             warnings.warn(f"probe of front-end '{name}' skipped: {errors[name]}", stacklevel=2)
             continue
         rows += probe_frontend(
-            instances, batches, name=f"{name}@init", cue_names=cue_names, sample_rate=sample_rate,
-            bands=protocol.bands, folds=protocol.probe_folds, alphas=protocol.probe_alphas,
-            method=protocol.band_filter, order=protocol.band_filter_order, n_boot=protocol.bootstrap,
-            alpha=protocol.alpha, device=device, progress=progress,
-        )  # fmt: skip
+            instances,
+            batches,
+            name=f"{name}@init",
+            cue_names=cue_names,
+            sample_rate=sample_rate,
+            bands=protocol.bands,
+            folds=protocol.probe_folds,
+            alphas=protocol.probe_alphas,
+            method=protocol.band_filter,
+            order=protocol.band_filter_order,
+            n_boot=protocol.bootstrap,
+            alpha=protocol.alpha,
+            device=device,
+            progress=progress,
+        )
     return rows, errors

@@ -22,12 +22,27 @@ BAND_FILTERS = ("butter", "fft")
 
 
 FIELD_TYPES = {
-    "num_clips": "int", "num_frames": "int", "resolution": "int", "crop": "str", "steps": "int",
-    "guidance_scale": "float", "seeds": "list[int]", "batch_size": "int", "metrics": "list[str]",
-    "metric_kwargs": "dict", "bootstrap": "int", "alpha": "float", "band_edges": "list[float]",
-    "band_filter": "str", "band_filter_order": "int", "probe_split": "str", "probe_clips": "int",
-    "probe_folds": "int", "probe_alphas": "list[float]", "probe_frontends": "list[str]",
-}  # fmt: skip
+    "num_clips": "int",
+    "num_frames": "int",
+    "resolution": "int",
+    "crop": "str",
+    "steps": "int",
+    "guidance_scale": "float",
+    "seeds": "list[int]",
+    "batch_size": "int",
+    "metrics": "list[str]",
+    "metric_kwargs": "dict",
+    "bootstrap": "int",
+    "alpha": "float",
+    "band_edges": "list[float]",
+    "band_filter": "str",
+    "band_filter_order": "int",
+    "probe_split": "str",
+    "probe_clips": "int",
+    "probe_folds": "int",
+    "probe_alphas": "list[float]",
+    "probe_frontends": "list[str]",
+}
 OPTIONAL_FIELDS = ("num_frames", "resolution", "guidance_scale")  # None: take the model's own
 
 
@@ -51,18 +66,23 @@ class EvalProtocol:
     guidance_scale: float | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int = 4
-    metrics: list[str] = field(default_factory=lambda: ["ssim", "psnr", "motion_fidelity", "fid_offline",
-                                                        "audio_stats"])  # fmt: skip
+    metrics: list[str] = field(
+        default_factory=lambda: ["ssim", "psnr", "motion_fidelity", "fid_offline", "audio_stats"]
+    )
     metric_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     bootstrap: int = 1000
     alpha: float = 0.05
-    band_edges: list[float] = field(default_factory=lambda: [0.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0])
+    band_edges: list[float] = field(
+        default_factory=lambda: [0.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0]
+    )
     band_filter: str = "butter"
     band_filter_order: int = 8
     probe_split: str = "all"
     probe_clips: int = 64
     probe_folds: int = 5
-    probe_alphas: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4])
+    probe_alphas: list[float] = field(
+        default_factory=lambda: [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4]
+    )
     probe_frontends: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -104,7 +124,9 @@ class EvalProtocol:
             problems.append(f"probe_folds must be >= 2, got {self.probe_folds}")
         unknown_kwargs = set(self.metric_kwargs) - set(self.metrics)
         if unknown_kwargs:
-            problems.append(f"metric_kwargs names metrics that are not evaluated: {sorted(unknown_kwargs)}")
+            problems.append(
+                f"metric_kwargs names metrics that are not evaluated: {sorted(unknown_kwargs)}"
+            )
         if problems:
             raise ProtocolError("invalid evaluation protocol: " + "; ".join(problems))
 
@@ -122,20 +144,35 @@ class EvalProtocol:
             elif kind == "str":
                 ok = isinstance(value, str)
             elif kind == "dict":
-                ok = isinstance(value, dict) and all(isinstance(v, dict) or v is None for v in value.values())
+                ok = isinstance(value, dict) and all(
+                    isinstance(v, dict) or v is None for v in value.values()
+                )
             else:  # a list of ints / floats / strings
                 item = kind.split("[")[1].rstrip("]")
                 ok = isinstance(value, (list, tuple)) and all(
-                    (isinstance(v, str) if item == "str" else isinstance(v, (int, float)) and not isinstance(v, bool))
+                    (
+                        isinstance(v, str)
+                        if item == "str"
+                        else isinstance(v, (int, float)) and not isinstance(v, bool)
+                    )
                     and (item != "int" or isinstance(v, int))
                     for v in value
-                )  # fmt: skip
+                )
             if not ok:
-                expected = {"int": "an integer", "float": "a number", "str": "a string",
-                            "dict": "a mapping {metric: {argument: value}}", "list[int]": "a list of integers",
-                            "list[float]": "a list of numbers", "list[str]": "a list of names"}[kind]  # fmt: skip
-                problems.append(f"{f.name} must be {expected}" + (" or null" if f.name in OPTIONAL_FIELDS else "")
-                                + f", got {value!r}")  # fmt: skip
+                expected = {
+                    "int": "an integer",
+                    "float": "a number",
+                    "str": "a string",
+                    "dict": "a mapping {metric: {argument: value}}",
+                    "list[int]": "a list of integers",
+                    "list[float]": "a list of numbers",
+                    "list[str]": "a list of names",
+                }[kind]
+                problems.append(
+                    f"{f.name} must be {expected}"
+                    + (" or null" if f.name in OPTIONAL_FIELDS else "")
+                    + f", got {value!r}"
+                )
         return problems
 
     # -- model-dependent defaults -----------------------------------------------------------
@@ -143,10 +180,14 @@ class EvalProtocol:
         """A copy with every ``None`` replaced by the value from a training config ``cfg``."""
         return replace(
             self,
-            num_frames=int(self.num_frames if self.num_frames is not None else cfg.trainer.num_frames),
+            num_frames=int(
+                self.num_frames if self.num_frames is not None else cfg.trainer.num_frames
+            ),
             resolution=int(self.resolution if self.resolution is not None else cfg.trainer.size),
             guidance_scale=float(
-                self.guidance_scale if self.guidance_scale is not None else cfg.model.sample.guidance_scale
+                self.guidance_scale
+                if self.guidance_scale is not None
+                else cfg.model.sample.guidance_scale
             ),
         )
 
@@ -201,10 +242,14 @@ def load_protocol(path: str | Path | None = None, overrides: Sequence[str] = ())
             layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
     except OmegaConfBaseException as err:
-        raise ProtocolError(f"could not read the protocol overrides {list(overrides)}: {err}") from None
+        raise ProtocolError(
+            f"could not read the protocol overrides {list(overrides)}: {err}"
+        ) from None
     unknown = sorted(set(merged.keys()) - known)
     if unknown:
-        raise ProtocolError(f"unknown protocol keys {unknown}; known keys: {', '.join(sorted(known))}")
+        raise ProtocolError(
+            f"unknown protocol keys {unknown}; known keys: {', '.join(sorted(known))}"
+        )
     values = {key: _plain(merged[key]) for key in merged.keys()}
     try:
         return EvalProtocol(**values)

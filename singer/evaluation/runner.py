@@ -99,8 +99,12 @@ class EvalResult:
             "metrics": {k: clean(v) for k, v in self.metrics.items()},
             "ci": {k: [clean(lo), clean(hi)] for k, (lo, hi) in self.ci.items()},
             "per_seed": {k: [clean(v) for v in vs] for k, vs in self.per_seed.items()},
-            "bands": [{k: clean(v) for k, v in row.items()} for row in self.bands] if self.bands is not None else None,
-            "probes": [{k: clean(v) for k, v in row.items()} for row in self.probes] if self.probes is not None else None,
+            "bands": [{k: clean(v) for k, v in row.items()} for row in self.bands]
+            if self.bands is not None
+            else None,
+            "probes": [{k: clean(v) for k, v in row.items()} for row in self.probes]
+            if self.probes is not None
+            else None,
             "probe_errors": self.probe_errors,
         }
 
@@ -121,12 +125,16 @@ def resolve_target(target: str | Path, *, uri: str | None = None) -> Path:
         try:
             out_dir = tracking.run_out_dir(str(target), uri)
         except LookupError as err:
-            raise EvaluationError(f"{target} is not a file or directory, and as an MLflow run id: {err}") from None
+            raise EvaluationError(
+                f"{target} is not a file or directory, and as an MLflow run id: {err}"
+            ) from None
         try:
             return resolve_checkpoint(out_dir)
         except FileNotFoundError as err:
             raise EvaluationError(f"MLflow run {target} points to {out_dir}, but: {err}") from None
-    raise EvaluationError(f"no checkpoint at {target} (give a .pt file, a run directory or an MLflow run id)")
+    raise EvaluationError(
+        f"no checkpoint at {target} (give a .pt file, a run directory or an MLflow run id)"
+    )
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -141,9 +149,17 @@ def _cache_dir(cfg, data_cache: str | Path | None, progress: bool) -> Path:
 
     synth = data.synth
     return ensure_synthsing(
-        data.root, clips=synth.clips, seconds=synth.seconds, kind=synth.kind, seed=synth.seed, size=synth.size,
-        fps=data.fps, sample_rate=data.sample_rate, clip_size=cfg.trainer.size, progress=progress,
-    )  # fmt: skip
+        data.root,
+        clips=synth.clips,
+        seconds=synth.seconds,
+        kind=synth.kind,
+        seed=synth.seed,
+        size=synth.size,
+        fps=data.fps,
+        sample_rate=data.sample_rate,
+        clip_size=cfg.trainer.size,
+        progress=progress,
+    )
 
 
 def center_square(batch: dict) -> dict:
@@ -166,8 +182,16 @@ def select_windows(num_windows: int, count: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, num_windows - 1, count)})
 
 
-def load_batches(cfg, protocol: EvalProtocol, *, split: str, count: int, data_cache=None,
-                 progress: bool = True, warn_fewer: bool = True) -> list[dict]:  # fmt: skip
+def load_batches(
+    cfg,
+    protocol: EvalProtocol,
+    *,
+    split: str,
+    count: int,
+    data_cache=None,
+    progress: bool = True,
+    warn_fewer: bool = True,
+) -> list[dict]:
     """Collated, centre-cropped, resized batches of the protocol's windows of ``split``.
 
     Each batch holds ``video B×3×F×H×W``, ``audio B×S``, ``ref``, ``motion``, ``cues B×F×K``,
@@ -182,9 +206,14 @@ def load_batches(cfg, protocol: EvalProtocol, *, split: str, count: int, data_ca
     kinds = list(cfg.data.kinds) if cfg.data.get("kinds") else None
     try:
         dataset = ClipDataset(
-            cache, split=split, num_frames=protocol.num_frames, motion_frames=max(1, int(cfg.model.get("motion_frames", 0))),
-            val_fraction=cfg.data.val_fraction, seed=cfg.data.get("split_seed", 0), kinds=kinds,
-        )  # fmt: skip
+            cache,
+            split=split,
+            num_frames=protocol.num_frames,
+            motion_frames=max(1, int(cfg.model.get("motion_frames", 0))),
+            val_fraction=cfg.data.val_fraction,
+            seed=cfg.data.get("split_seed", 0),
+            kinds=kinds,
+        )
     except (FileNotFoundError, ValueError) as err:
         raise EvaluationError(f"cannot read evaluation data from {cache}: {err}") from None
     if len(dataset) == 0:
@@ -194,8 +223,10 @@ def load_batches(cfg, protocol: EvalProtocol, *, split: str, count: int, data_ca
         )
     indices = select_windows(len(dataset), count)
     if warn_fewer and len(indices) < count:
-        warnings.warn(f"the '{split}' split has only {len(indices)} windows; evaluating those instead of {count}",
-                      stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"the '{split}' split has only {len(indices)} windows; evaluating those instead of {count}",
+            stacklevel=2,
+        )
     batches = []
     for start in range(0, len(indices), protocol.batch_size):
         items = [dataset[i] for i in indices[start : start + protocol.batch_size]]
@@ -203,8 +234,14 @@ def load_batches(cfg, protocol: EvalProtocol, *, split: str, count: int, data_ca
     return batches
 
 
-def load_probe_batches(*, checkpoint=None, cfg=None, data_cache=None, protocol: EvalProtocol | None = None,
-                       progress: bool = True):  # fmt: skip
+def load_probe_batches(
+    *,
+    checkpoint=None,
+    cfg=None,
+    data_cache=None,
+    protocol: EvalProtocol | None = None,
+    progress: bool = True,
+):
     """``(batches, cfg)`` of the probe windows (``protocol.probe_split``, at most ``probe_clips``).
 
     The data config comes from ``cfg``, else from ``checkpoint``'s saved config, else from the
@@ -222,14 +259,28 @@ def load_probe_batches(*, checkpoint=None, cfg=None, data_cache=None, protocol: 
     protocol = protocol or EvalProtocol()
     if not protocol.is_resolved:
         protocol = protocol.resolve(cfg)
-    batches = load_batches(cfg, protocol, split=protocol.probe_split, count=protocol.probe_clips,
-                           data_cache=data_cache, progress=progress, warn_fewer=False)  # fmt: skip
+    batches = load_batches(
+        cfg,
+        protocol,
+        split=protocol.probe_split,
+        count=protocol.probe_clips,
+        data_cache=data_cache,
+        progress=progress,
+        warn_fewer=False,
+    )
     return batches, cfg
 
 
 # -- generation and metrics -------------------------------------------------------------------------
-def generate_batch(loaded, batch: dict, protocol: EvalProtocol, *, seed: int, batch_index: int,
-                   audio: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def generate_batch(
+    loaded,
+    batch: dict,
+    protocol: EvalProtocol,
+    *,
+    seed: int,
+    batch_index: int,
+    audio: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Video ``B×3×F×H×W`` in [-1, 1] (CPU float) for one batch, from fixed noise.
 
     ``audio`` (``B×S``) replaces the batch's audio (the band ablation); the noise depends only on
@@ -241,10 +292,19 @@ def generate_batch(loaded, batch: dict, protocol: EvalProtocol, *, seed: int, ba
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
     generator.manual_seed(int(seed) * SEED_STRIDE + int(batch_index))
     wav = batch["audio"] if audio is None else audio
-    conditions = Conditions(audio=wav.to(device), ref=batch["ref"].to(device), num_frames=batch["video"].shape[2],
-                            motion=batch["motion"].to(device))  # fmt: skip
-    video = loaded.spec.sample(loaded.model, conditions, steps=protocol.steps,
-                               guidance_scale=protocol.guidance_scale, generator=generator)  # fmt: skip
+    conditions = Conditions(
+        audio=wav.to(device),
+        ref=batch["ref"].to(device),
+        num_frames=batch["video"].shape[2],
+        motion=batch["motion"].to(device),
+    )
+    video = loaded.spec.sample(
+        loaded.model,
+        conditions,
+        steps=protocol.steps,
+        guidance_scale=protocol.guidance_scale,
+        generator=generator,
+    )
     expected = tuple(batch["video"].shape)
     if tuple(video.shape) != expected:
         raise EvaluationError(
@@ -272,7 +332,9 @@ def build_metrics(protocol: EvalProtocol) -> dict:
         except (MissingWeightsError, WeightsChecksumError):
             raise
         except (TypeError, ValueError) as err:  # a bad or unknown argument in metric_kwargs.<name>
-            raise ProtocolError(f"metric '{name}' rejects metric_kwargs.{name}={kwargs}: {err}") from None
+            raise ProtocolError(
+                f"metric '{name}' rejects metric_kwargs.{name}={kwargs}: {err}"
+            ) from None
         metric.reset()
         metrics[name] = metric
     return metrics
@@ -285,18 +347,26 @@ def reads_video(metric) -> bool:
     return bool(getattr(metric, "reads_video", True))
 
 
-def make_eval_batch(batch: dict, video: torch.Tensor, audio: torch.Tensor, *, sample_rate: int, fps: float):
+def make_eval_batch(
+    batch: dict, video: torch.Tensor, audio: torch.Tensor, *, sample_rate: int, fps: float
+):
     from singer.metrics.base import EvalBatch
 
     return EvalBatch(
-        generated=video, reference=batch["video"], audio=audio, sample_rate=sample_rate, fps=fps,
-        cues=batch["cues"], has_cues=torch.as_tensor(batch["has_cues"], dtype=torch.bool),
+        generated=video,
+        reference=batch["video"],
+        audio=audio,
+        sample_rate=sample_rate,
+        fps=fps,
+        cues=batch["cues"],
+        has_cues=torch.as_tensor(batch["has_cues"], dtype=torch.bool),
         clip_ids=list(batch["clip_id"]),
-    )  # fmt: skip
+    )
 
 
-def _summarise(per_seed: dict[str, list[float]], per_clip: dict[str, list[list[float]]],
-               protocol: EvalProtocol) -> tuple[dict, dict]:  # fmt: skip
+def _summarise(
+    per_seed: dict[str, list[float]], per_clip: dict[str, list[list[float]]], protocol: EvalProtocol
+) -> tuple[dict, dict]:
     """Point estimates (mean over seeds) and CIs (bootstrap over clips, else over seeds)."""
     metrics, ci = {}, {}
     for key, values in per_seed.items():
@@ -318,7 +388,9 @@ def _summarise(per_seed: dict[str, list[float]], per_clip: dict[str, list[list[f
 # -- the entry point --------------------------------------------------------------------------------
 def default_out_dir(checkpoint: Path, protocol_hash: str) -> Path:
     """``<run dir>/eval/<protocol hash>`` for ``<run dir>/checkpoints/last.pt``."""
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    run_dir = (
+        checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    )
     return run_dir / "eval" / protocol_hash
 
 
@@ -348,9 +420,17 @@ def evaluate_loaded(
         protocol = EvalProtocol(**{**protocol.to_dict(), "seeds": [int(s) for s in seeds]})
     protocol = protocol.resolve(loaded.cfg)
     metric_set = build_metrics(protocol)  # fail fast: unknown names, missing weights
-    batches = load_batches(loaded.cfg, protocol, split=split, count=protocol.num_clips, data_cache=data_cache,
-                           progress=progress)  # fmt: skip
-    clip_ids = [f"{cid}@{int(start)}" for b in batches for cid, start in zip(b["clip_id"], b["start"])]
+    batches = load_batches(
+        loaded.cfg,
+        protocol,
+        split=split,
+        count=protocol.num_clips,
+        data_cache=data_cache,
+        progress=progress,
+    )
+    clip_ids = [
+        f"{cid}@{int(start)}" for b in batches for cid, start in zip(b["clip_id"], b["start"])
+    ]
     sr, fps = loaded.sample_rate, loaded.fps
 
     def eval_batch(batch, video, audio):
@@ -368,7 +448,9 @@ def evaluate_loaded(
     per_seed: dict[str, list[float]] = {}
     per_clip: dict[str, list[list[float]]] = {}
     work = len(protocol.seeds) * len(batches) * (1 + (len(protocol.bands) if bands else 0))
-    bar = tqdm(total=work, desc=f"evaluate {loaded.spec.name}", unit="clip-batch", disable=not progress)
+    bar = tqdm(
+        total=work, desc=f"evaluate {loaded.spec.name}", unit="clip-batch", disable=not progress
+    )
     for s_index, seed in enumerate(protocol.seeds):
         metrics = metric_set if s_index == 0 else build_metrics(protocol)
         if sensitivity is not None:
@@ -382,9 +464,17 @@ def evaluate_loaded(
             if sensitivity is not None:
                 sensitivity.add_full(batch, video, batch["audio"])
                 for i, (lo, hi) in enumerate(protocol.bands):
-                    stopped = bandstop(batch["audio"], lo, hi, sr, method=protocol.band_filter,
-                                       order=protocol.band_filter_order)  # fmt: skip
-                    band_video = generate_batch(loaded, batch, protocol, seed=seed, batch_index=b, audio=stopped)
+                    stopped = bandstop(
+                        batch["audio"],
+                        lo,
+                        hi,
+                        sr,
+                        method=protocol.band_filter,
+                        order=protocol.band_filter_order,
+                    )
+                    band_video = generate_batch(
+                        loaded, batch, protocol, seed=seed, batch_index=b, audio=stopped
+                    )
                     # Metrics score the output against the clip's own (full-band) audio: the band
                     # stop is an intervention on the model's input, not on what it is judged by.
                     sensitivity.add_band(i, batch, band_video, batch["audio"])
@@ -400,9 +490,17 @@ def evaluate_loaded(
     values, ci = _summarise(per_seed, per_clip, protocol)
 
     result = EvalResult(
-        metrics=values, ci=ci, protocol=protocol, model=loaded.spec.name, step=loaded.step,
-        checkpoint=str(checkpoint), split=split, clip_ids=clip_ids, run_id=run_id, per_seed=per_seed,
-    )  # fmt: skip
+        metrics=values,
+        ci=ci,
+        protocol=protocol,
+        model=loaded.spec.name,
+        step=loaded.step,
+        checkpoint=str(checkpoint),
+        split=split,
+        clip_ids=clip_ids,
+        run_id=run_id,
+        per_seed=per_seed,
+    )
     if sensitivity is not None:
         result.bands = sensitivity.table(n_boot=protocol.bootstrap, alpha=protocol.alpha)
     if probes:
@@ -410,28 +508,48 @@ def evaluate_loaded(
     return result
 
 
-def _run_probes(loaded, protocol: EvalProtocol, data_cache, progress: bool) -> tuple[list[dict], dict[str, str]]:
+def _run_probes(
+    loaded, protocol: EvalProtocol, data_cache, progress: bool
+) -> tuple[list[dict], dict[str, str]]:
     """Probe the checkpoint's own front-end, then ``protocol.probe_frontends`` at their init."""
     from singer.data.dataset import face_cue_names
     from singer.evaluation.probes import probe_frontend, probe_frontends
 
     frontend = getattr(loaded.model, "frontend", None)
     if not isinstance(frontend, torch.nn.Module):
-        raise EvaluationError(f"model '{loaded.spec.name}' has no audio front-end (a `.frontend` module) to probe")
-    batches, _ = load_probe_batches(cfg=loaded.cfg, data_cache=data_cache, protocol=protocol, progress=progress)
+        raise EvaluationError(
+            f"model '{loaded.spec.name}' has no audio front-end (a `.frontend` module) to probe"
+        )
+    batches, _ = load_probe_batches(
+        cfg=loaded.cfg, data_cache=data_cache, protocol=protocol, progress=progress
+    )
     name = str(loaded.cfg.get("frontend", {}).get("name", "frontend"))
     common = dict(cue_names=face_cue_names(), sample_rate=loaded.sample_rate, progress=progress)
     rows = probe_frontend(
-        [frontend], batches, name=f"{name}@step{loaded.step}", bands=protocol.bands, folds=protocol.probe_folds,
-        alphas=protocol.probe_alphas, method=protocol.band_filter, order=protocol.band_filter_order,
-        n_boot=protocol.bootstrap, alpha=protocol.alpha, device=loaded.device, **common,
-    )  # fmt: skip
+        [frontend],
+        batches,
+        name=f"{name}@step{loaded.step}",
+        bands=protocol.bands,
+        folds=protocol.probe_folds,
+        alphas=protocol.probe_alphas,
+        method=protocol.band_filter,
+        order=protocol.band_filter_order,
+        n_boot=protocol.bootstrap,
+        alpha=protocol.alpha,
+        device=loaded.device,
+        **common,
+    )
     errors: dict[str, str] = {}
     if protocol.probe_frontends:
         more, errors = probe_frontends(
-            protocol.probe_frontends, batches=batches, protocol=protocol, fps=loaded.fps, on_error="skip",
-            device=str(loaded.device), **common,
-        )  # fmt: skip
+            protocol.probe_frontends,
+            batches=batches,
+            protocol=protocol,
+            fps=loaded.fps,
+            on_error="skip",
+            device=str(loaded.device),
+            **common,
+        )
         rows += more
     return rows, errors
 
@@ -445,20 +563,33 @@ def write_outputs(result: EvalResult, out_dir: Path) -> dict[str, Path]:
     files["metrics.json"] = result.path
     if result.bands is not None:
         files["band_sensitivity.json"] = out_dir / "band_sensitivity.json"
-        files["band_sensitivity.json"].write_text(json.dumps(result.to_dict()["bands"], indent=2) + "\n")
-        files.update(plot_sensitivity(result.bands, out_dir, title=f"{result.model} step {result.step}"))
+        files["band_sensitivity.json"].write_text(
+            json.dumps(result.to_dict()["bands"], indent=2) + "\n"
+        )
+        files.update(
+            plot_sensitivity(result.bands, out_dir, title=f"{result.model} step {result.step}")
+        )
     if result.probes is not None:
         files["probe_r2.json"] = out_dir / "probe_r2.json"
         files["probe_r2.json"].write_text(json.dumps(result.to_dict()["probes"], indent=2) + "\n")
         if result.probes:
             rows = [{**row, "input": f"{row['frontend']} | {row['band']}"} for row in result.probes]
-            files["probe_r2.png"] = plot_heatmap(rows, out_dir / "probe_r2.png", value="r2", index="input",
-                                                 columns="cue", scale_by="none", note_missing="the cue does not vary",
-                                                 title="probe R² (grouped K-fold, held-out clips)")  # fmt: skip
+            files["probe_r2.png"] = plot_heatmap(
+                rows,
+                out_dir / "probe_r2.png",
+                value="r2",
+                index="input",
+                columns="cue",
+                scale_by="none",
+                note_missing="the cue does not vary",
+                title="probe R² (grouped K-fold, held-out clips)",
+            )
     return files
 
 
-def log_to_mlflow(result: EvalResult, files: dict[str, Path], *, uri: str | None, experiment: str) -> str:
+def log_to_mlflow(
+    result: EvalResult, files: dict[str, Path], *, uri: str | None, experiment: str
+) -> str:
     """Log into the checkpoint's own MLflow run (a new run when that one is not in this store)."""
     from singer import tracking
 
@@ -467,10 +598,17 @@ def log_to_mlflow(result: EvalResult, files: dict[str, Path], *, uri: str | None
         run = tracking.Run(result.run_id, uri)
     else:
         if result.run_id:
-            warnings.warn(f"the checkpoint's MLflow run {result.run_id} is not in {tracking.tracking_uri(uri)}; "
-                          "logging the evaluation to a new run", stacklevel=2)  # fmt: skip
-        run = tracking.start_run(experiment, run_name=f"eval-{Path(result.checkpoint).parent.parent.name}", uri=uri,
-                                 tags={"eval.checkpoint": result.checkpoint, "model": result.model})  # fmt: skip
+            warnings.warn(
+                f"the checkpoint's MLflow run {result.run_id} is not in {tracking.tracking_uri(uri)}; "
+                "logging the evaluation to a new run",
+                stacklevel=2,
+            )
+        run = tracking.start_run(
+            experiment,
+            run_name=f"eval-{Path(result.checkpoint).parent.parent.name}",
+            uri=uri,
+            tags={"eval.checkpoint": result.checkpoint, "model": result.model},
+        )
         run.end("FINISHED")
     run.log_metrics(result.mlflow_metrics(), step=result.step)
     tags = {"eval.protocol": result.protocol_hash, "eval.split": result.split}
@@ -518,14 +656,25 @@ def evaluate_checkpoint(
     state = torch.load(path, map_location="cpu", weights_only=True)
     run_id = state.get("run_id")
     loaded = load_model(path, device=device)
-    result = evaluate_loaded(loaded, protocol=protocol, split=split, data_cache=data_cache, seeds=seeds,
-                             bands=bands, probes=probes, checkpoint=path, run_id=run_id,
-                             progress=progress)  # fmt: skip
+    result = evaluate_loaded(
+        loaded,
+        protocol=protocol,
+        split=split,
+        data_cache=data_cache,
+        seeds=seeds,
+        bands=bands,
+        probes=probes,
+        checkpoint=path,
+        run_id=run_id,
+        progress=progress,
+    )
     target = Path(out_dir) if out_dir is not None else default_out_dir(path, result.protocol_hash)
     files = write_outputs(result, target)
     if log_mlflow:
         tc = loaded.cfg.get("tracking") or {}
-        logged = log_to_mlflow(result, files, uri=tc.get("uri"), experiment=tc.get("experiment") or "singer")
+        logged = log_to_mlflow(
+            result, files, uri=tc.get("uri"), experiment=tc.get("experiment") or "singer"
+        )
         if logged != run_id:
             result.run_id = logged
             write_outputs(result, target)  # record where the evaluation was logged

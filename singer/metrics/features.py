@@ -139,7 +139,10 @@ class FeatureNet(nn.Module):
         else:
             items = video
         step = self.batch_size
-        out = [self._run(items[i : i + step]).detach().double().cpu() for i in range(0, len(items), step)]
+        out = [
+            self._run(items[i : i + step]).detach().double().cpu()
+            for i in range(0, len(items), step)
+        ]
         if not out:
             return np.zeros((0, self.dim))
         return torch.cat(out).numpy()
@@ -155,11 +158,20 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] == (size, size):
         return x
     shrink = x.shape[-1] > size or x.shape[-2] > size
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return F.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+    )
 
 
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], *, what: str, path, layout: str,
-               ignore_prefixes: tuple[str, ...] = ()) -> None:  # fmt: skip
+def _load_into(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    what: str,
+    path,
+    layout: str,
+    ignore_prefixes: tuple[str, ...] = (),
+) -> None:
     """Strict load of ``state`` into ``module`` with a readable error.
 
     A leading ``module.`` (DataParallel) is stripped, keys under ``ignore_prefixes`` are
@@ -186,13 +198,11 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], *, what: str, 
 # =============================================================================================
 INCEPTION_HINT = (
     "the file is torchvision's ImageNet Inception-v3 state dict. On a machine with network access run\n"
-    "      python -c \"import torch, torchvision; torch.save(torchvision.models.inception_v3("
+    '      python -c "import torch, torchvision; torch.save(torchvision.models.inception_v3('
     "weights='IMAGENET1K_V1').state_dict(), 'inception_v3.pt')\"\n"
     "    (or take inception_v3_google-0cc3c7bd.pth from that machine's torch hub cache) and copy it here."
 )
-INCEPTION_LAYOUT = (
-    "torchvision Inception3 keys (Conv2d_1a_3x3.conv.weight, ..., Mixed_7c.*); AuxLogits.* and fc.* are ignored"
-)
+INCEPTION_LAYOUT = "torchvision Inception3 keys (Conv2d_1a_3x3.conv.weight, ..., Mixed_7c.*); AuxLogits.* and fc.* are ignored"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -204,21 +214,43 @@ class InceptionV3Features(FeatureNet):
     kind = "frame"
     dim = 2048
 
-    def __init__(self, weights: str | None = None, sha256: str | None = None, *, size: int = 299,
-                 device="auto", batch_size: int = 32, config_key: str = "metric_kwargs.fid.weights",
-                 sha256_key: str = "metric_kwargs.fid.sha256"):  # fmt: skip
+    def __init__(
+        self,
+        weights: str | None = None,
+        sha256: str | None = None,
+        *,
+        size: int = 299,
+        device="auto",
+        batch_size: int = 32,
+        config_key: str = "metric_kwargs.fid.weights",
+        sha256_key: str = "metric_kwargs.fid.sha256",
+    ):
         super().__init__(device=device, batch_size=batch_size)
         from torchvision.models.inception import Inception3
 
         if size < 75:
             raise ValueError(f"Inception-v3 needs frames of at least 75 px, got size={size}")
-        path = resolve_weights(weights, sha256=sha256, name="Inception-v3 weights (torchvision state dict)",
-                               config_key=config_key, sha256_key=sha256_key, hint=INCEPTION_HINT)  # fmt: skip
+        path = resolve_weights(
+            weights,
+            sha256=sha256,
+            name="Inception-v3 weights (torchvision state dict)",
+            config_key=config_key,
+            sha256_key=sha256_key,
+            hint=INCEPTION_HINT,
+        )
         self.size = int(size)
-        self.net = Inception3(num_classes=1000, aux_logits=False, transform_input=True, init_weights=False)
+        self.net = Inception3(
+            num_classes=1000, aux_logits=False, transform_input=True, init_weights=False
+        )
         self.net.fc = nn.Identity()
-        _load_into(self.net, load_state_dict(path), what="Inception-v3", path=path, layout=INCEPTION_LAYOUT,
-                   ignore_prefixes=("AuxLogits.", "fc."))  # fmt: skip
+        _load_into(
+            self.net,
+            load_state_dict(path),
+            what="Inception-v3",
+            path=path,
+            layout=INCEPTION_LAYOUT,
+            ignore_prefixes=("AuxLogits.", "fc."),
+        )
         self.source = str(path)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -243,7 +275,9 @@ def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 def _pad_same(x: torch.Tensor, kernel, stride) -> torch.Tensor:
     pads = []
-    for size, k, s in reversed(list(zip(x.shape[-3:], kernel, stride))):  # F.pad wants last dim first
+    for size, k, s in reversed(
+        list(zip(x.shape[-3:], kernel, stride))
+    ):  # F.pad wants last dim first
         pads.extend(_same_pad(size, k, s))
     return F.pad(x, pads)
 
@@ -251,11 +285,22 @@ def _pad_same(x: torch.Tensor, kernel, stride) -> torch.Tensor:
 class Unit3D(nn.Module):
     """Conv3d (SAME padding) → BatchNorm3d (eps 1e-3) → ReLU, named ``conv3d`` / ``bn``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel=(1, 1, 1), stride=(1, 1, 1), *,
-                 batch_norm: bool = True, bias: bool = False, activation: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel=(1, 1, 1),
+        stride=(1, 1, 1),
+        *,
+        batch_norm: bool = True,
+        bias: bool = False,
+        activation: bool = True,
+    ):
         super().__init__()
         self.kernel, self.stride = tuple(kernel), tuple(stride)
-        self.conv3d = nn.Conv3d(in_channels, out_channels, self.kernel, self.stride, padding=0, bias=bias)
+        self.conv3d = nn.Conv3d(
+            in_channels, out_channels, self.kernel, self.stride, padding=0, bias=bias
+        )
         self.bn = nn.BatchNorm3d(out_channels, eps=1e-3, momentum=0.01) if batch_norm else None
         self.activation = activation
 
@@ -292,7 +337,9 @@ class InceptionBlock3D(nn.Module):
         self.out_channels = widths[0] + widths[2] + widths[4] + widths[5]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1)
+        return torch.cat(
+            [self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1
+        )
 
 
 # (name, in_channels, branch widths) of the Inception blocks, and where the max-pools sit.
@@ -337,8 +384,14 @@ class InceptionI3d(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``B×1024`` global average of ``Mixed_5c`` over time and space."""
-        for name in ("Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
-                     *self.blocks):  # fmt: skip
+        for name in (
+            "Conv3d_1a_7x7",
+            "MaxPool3d_2a_3x3",
+            "Conv3d_2b_1x1",
+            "Conv3d_2c_3x3",
+            "MaxPool3d_3a_3x3",
+            *self.blocks,
+        ):
             x = getattr(self, name)(x)
         return x.mean(dim=(2, 3, 4))
 
@@ -363,26 +416,46 @@ class I3DFeatures(FeatureNet):
 
     kind = "clip"
 
-    def __init__(self, weights: str | None = None, sha256: str | None = None, *, size: int = 224,
-                 feature_layer: str = "logits", device="auto", batch_size: int = 4,
-                 config_key: str = "metric_kwargs.fvd.weights",
-                 sha256_key: str = "metric_kwargs.fvd.sha256"):  # fmt: skip
+    def __init__(
+        self,
+        weights: str | None = None,
+        sha256: str | None = None,
+        *,
+        size: int = 224,
+        feature_layer: str = "logits",
+        device="auto",
+        batch_size: int = 4,
+        config_key: str = "metric_kwargs.fvd.weights",
+        sha256_key: str = "metric_kwargs.fvd.sha256",
+    ):
         super().__init__(device=device, batch_size=batch_size)
         if feature_layer not in ("logits", "pool"):
             raise ValueError(f"feature_layer must be 'logits' or 'pool', got {feature_layer!r}")
         if size < 32:
             raise ValueError(f"I3D needs frames of at least 32 px, got size={size}")
-        path = resolve_weights(weights, sha256=sha256, name="I3D weights (RGB state dict)", config_key=config_key,
-                               sha256_key=sha256_key, hint=I3D_HINT)  # fmt: skip
+        path = resolve_weights(
+            weights,
+            sha256=sha256,
+            name="I3D weights (RGB state dict)",
+            config_key=config_key,
+            sha256_key=sha256_key,
+            hint=I3D_HINT,
+        )
         state = load_state_dict(path)
-        state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+        state = {
+            (k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()
+        }
         logits = state.get("logits.conv3d.weight")
         if logits is None and feature_layer == "logits":
-            raise ValueError(f"{path} has no logits.conv3d.weight; use feature_layer='pool' or a file with the logits")
+            raise ValueError(
+                f"{path} has no logits.conv3d.weight; use feature_layer='pool' or a file with the logits"
+            )
         num_classes = int(logits.shape[0]) if logits is not None else 400
         self.net = InceptionI3d(num_classes)
         ignore = ("logits.",) if logits is None else ()
-        _load_into(self.net, state, what="I3D", path=path, layout=I3D_LAYOUT, ignore_prefixes=ignore)
+        _load_into(
+            self.net, state, what="I3D", path=path, layout=I3D_LAYOUT, ignore_prefixes=ignore
+        )
         self.size = int(size)
         self.feature_layer = feature_layer
         self.dim = 1024 if feature_layer == "pool" else num_classes
@@ -394,7 +467,9 @@ class I3DFeatures(FeatureNet):
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, c, f, h, w = clips.shape
         frames = clips.float().clamp(-1.0, 1.0).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        frames = _resize(frames, self.size).reshape(b, f, c, self.size, self.size).permute(0, 2, 1, 3, 4)
+        frames = (
+            _resize(frames, self.size).reshape(b, f, c, self.size, self.size).permute(0, 2, 1, 3, 4)
+        )
         return self.net(frames.contiguous(), pool=self.feature_layer == "pool")
 
 
@@ -470,8 +545,12 @@ def offline_frame_features(frames: torch.Tensor) -> torch.Tensor:
     floor = 1e-3 * cell_pixels  # flat cells tend to the uniform histogram
     per_cell = F.adaptive_avg_pool2d(weights, 2) * cell_pixels  # N×bins×2×2 sums
     mass = F.adaptive_avg_pool2d(magnitude, 2) * cell_pixels  # N×1×2×2
-    orientation = ((per_cell + floor / ORIENT_BINS) / (mass + floor)).permute(0, 2, 3, 1).reshape(n, -1)
-    gradient = torch.stack([magnitude.mean(dim=(1, 2, 3)), magnitude.std(dim=(1, 2, 3), unbiased=False)], dim=1)
+    orientation = (
+        ((per_cell + floor / ORIENT_BINS) / (mass + floor)).permute(0, 2, 3, 1).reshape(n, -1)
+    )
+    gradient = torch.stack(
+        [magnitude.mean(dim=(1, 2, 3)), magnitude.std(dim=(1, 2, 3), unbiased=False)], dim=1
+    )
     grid_gradient = F.adaptive_avg_pool2d(magnitude, 2).reshape(n, -1)
 
     laplace = [[0, 1, 0], [1, -4, 1], [0, 1, 0]]
@@ -493,25 +572,37 @@ def offline_clip_features(clips: torch.Tensor) -> torch.Tensor:
     frames = clips.detach().to("cpu", torch.float64).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
     per_frame = offline_frame_features(frames).reshape(b, f, FRAME_DIM)
     x = _resize(_to_unit(frames), OFFLINE_SIZE).reshape(b, f, c, OFFLINE_SIZE, OFFLINE_SIZE)
-    y = _luma(x.reshape(b * f, c, OFFLINE_SIZE, OFFLINE_SIZE)).reshape(b, f, OFFLINE_SIZE, OFFLINE_SIZE)
+    y = _luma(x.reshape(b * f, c, OFFLINE_SIZE, OFFLINE_SIZE)).reshape(
+        b, f, OFFLINE_SIZE, OFFLINE_SIZE
+    )
     temporal = torch.zeros(b, TEMPORAL_DIM, dtype=torch.float64)
     if f >= 2:
         d1 = (y[:, 1:] - y[:, :-1]).abs()  # B×(F−1)×H×W
         grid_d1 = F.adaptive_avg_pool2d(d1, 4).mean(dim=1).reshape(b, 16)
         rgb_d1 = (x[:, 1:] - x[:, :-1]).abs().mean(dim=(2, 3, 4))  # B×(F−1)
-        rgb_mean, rgb_std = rgb_d1.mean(dim=1, keepdim=True), rgb_d1.std(dim=1, unbiased=False, keepdim=True)
+        rgb_mean, rgb_std = (
+            rgb_d1.mean(dim=1, keepdim=True),
+            rgb_d1.std(dim=1, unbiased=False, keepdim=True),
+        )
         if f >= 3:
             d2 = (y[:, 2:] - 2.0 * y[:, 1:-1] + y[:, :-2]).abs()
             d2_mean = d2.mean(dim=(1, 2, 3))[:, None]
             grid_d2 = F.adaptive_avg_pool2d(d2, 2).mean(dim=1).reshape(b, 4)
         else:
-            d2_mean, grid_d2 = torch.zeros(b, 1, dtype=torch.float64), torch.zeros(b, 4, dtype=torch.float64)
+            d2_mean, grid_d2 = (
+                torch.zeros(b, 1, dtype=torch.float64),
+                torch.zeros(b, 4, dtype=torch.float64),
+            )
         grid_std = F.adaptive_avg_pool2d(y, 4).std(dim=1, unbiased=False).reshape(b, 16)
         slices = _group_slices()
-        step = (per_frame[:, 1:] - per_frame[:, :-1]).abs() / FEATURE_SCALE  # in raw units, like the rest
+        step = (
+            per_frame[:, 1:] - per_frame[:, :-1]
+        ).abs() / FEATURE_SCALE  # in raw units, like the rest
         names = ("colour_hist", "grid_colour", "orientation", "sharpness")
         groups = [step[..., slices[g]].mean(dim=(1, 2)) for g in names]
-        temporal = torch.cat([grid_d1, rgb_mean, rgb_std, d2_mean, grid_d2, grid_std, torch.stack(groups, dim=1)], 1)
+        temporal = torch.cat(
+            [grid_d1, rgb_mean, rgb_std, d2_mean, grid_d2, grid_std, torch.stack(groups, dim=1)], 1
+        )
     return torch.cat([per_frame.mean(dim=1), FEATURE_SCALE * TEMPORAL_SCALE * temporal], dim=1)
 
 

@@ -46,8 +46,16 @@ class FrechetMetric(Metric):
 
     name = "frechet"
 
-    def __init__(self, features: str, *, key: str | None = None, frame_stride: int = 1, method: str = "auto",
-                 eps: float = 1e-6, **net_kwargs):  # fmt: skip
+    def __init__(
+        self,
+        features: str,
+        *,
+        key: str | None = None,
+        frame_stride: int = 1,
+        method: str = "auto",
+        eps: float = 1e-6,
+        **net_kwargs,
+    ):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if int(frame_stride) < 1:
@@ -70,7 +78,11 @@ class FrechetMetric(Metric):
             self.reference.update(self.net.extract(batch.reference, self.frame_stride))
 
     def compute(self) -> dict[str, float]:
-        return {self.key: frechet_from_stats(self.generated, self.reference, method=self.method, eps=self.eps)}
+        return {
+            self.key: frechet_from_stats(
+                self.generated, self.reference, method=self.method, eps=self.eps
+            )
+        }
 
     def per_clip(self) -> dict[str, list[float]]:
         return {}
@@ -82,12 +94,31 @@ class FID(FrechetMetric):
 
     name = "fid"
 
-    def __init__(self, weights: str | None = None, sha256: str | None = None, *, size: int = 299,
-                 frame_stride: int = 1, device: str = "auto", batch_size: int = 32, method: str = "auto",
-                 eps: float = 1e-6):  # fmt: skip
-        super().__init__("inception_v3", frame_stride=frame_stride, method=method, eps=eps, weights=weights,
-                         sha256=sha256, size=size, device=device, batch_size=batch_size,
-                         config_key="metric_kwargs.fid.weights", sha256_key="metric_kwargs.fid.sha256")  # fmt: skip
+    def __init__(
+        self,
+        weights: str | None = None,
+        sha256: str | None = None,
+        *,
+        size: int = 299,
+        frame_stride: int = 1,
+        device: str = "auto",
+        batch_size: int = 32,
+        method: str = "auto",
+        eps: float = 1e-6,
+    ):
+        super().__init__(
+            "inception_v3",
+            frame_stride=frame_stride,
+            method=method,
+            eps=eps,
+            weights=weights,
+            sha256=sha256,
+            size=size,
+            device=device,
+            batch_size=batch_size,
+            config_key="metric_kwargs.fid.weights",
+            sha256_key="metric_kwargs.fid.sha256",
+        )
 
 
 @METRICS.register("fvd")
@@ -96,12 +127,31 @@ class FVD(FrechetMetric):
 
     name = "fvd"
 
-    def __init__(self, weights: str | None = None, sha256: str | None = None, *, size: int = 224,
-                 feature_layer: str = "logits", device: str = "auto", batch_size: int = 4, method: str = "auto",
-                 eps: float = 1e-6):  # fmt: skip
-        super().__init__("i3d", method=method, eps=eps, weights=weights, sha256=sha256, size=size,
-                         feature_layer=feature_layer, device=device, batch_size=batch_size,
-                         config_key="metric_kwargs.fvd.weights", sha256_key="metric_kwargs.fvd.sha256")  # fmt: skip
+    def __init__(
+        self,
+        weights: str | None = None,
+        sha256: str | None = None,
+        *,
+        size: int = 224,
+        feature_layer: str = "logits",
+        device: str = "auto",
+        batch_size: int = 4,
+        method: str = "auto",
+        eps: float = 1e-6,
+    ):
+        super().__init__(
+            "i3d",
+            method=method,
+            eps=eps,
+            weights=weights,
+            sha256=sha256,
+            size=size,
+            feature_layer=feature_layer,
+            device=device,
+            batch_size=batch_size,
+            config_key="metric_kwargs.fvd.weights",
+            sha256_key="metric_kwargs.fvd.sha256",
+        )
 
 
 @METRICS.register("fid_offline")
@@ -110,8 +160,21 @@ class FIDOffline(FrechetMetric):
 
     name = "fid_offline"
 
-    def __init__(self, *, frame_stride: int = 1, batch_size: int = 256, method: str = "auto", eps: float = 1e-6):
-        super().__init__("offline_frame", frame_stride=frame_stride, method=method, eps=eps, batch_size=batch_size)
+    def __init__(
+        self,
+        *,
+        frame_stride: int = 1,
+        batch_size: int = 256,
+        method: str = "auto",
+        eps: float = 1e-6,
+    ):
+        super().__init__(
+            "offline_frame",
+            frame_stride=frame_stride,
+            method=method,
+            eps=eps,
+            batch_size=batch_size,
+        )
 
 
 @METRICS.register("fvd_offline")
@@ -135,7 +198,9 @@ class GenericFrechet(FrechetMetric):
 
         from singer.metrics.features import FEATURE_NETS
 
-        accepted = inspect.signature(FEATURE_NETS[features]).parameters if features in FEATURE_NETS else {}
+        accepted = (
+            inspect.signature(FEATURE_NETS[features]).parameters if features in FEATURE_NETS else {}
+        )
         if "config_key" in accepted:  # errors about weight files name this metric's keys
             kwargs.setdefault("config_key", "metric_kwargs.frechet.weights")
             kwargs.setdefault("sha256_key", "metric_kwargs.frechet.sha256")

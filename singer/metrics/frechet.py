@@ -50,7 +50,9 @@ def _as_stats(mu, sigma) -> tuple[np.ndarray, np.ndarray]:
     mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
     sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
-        raise ValueError(f"need a D mean and a D×D covariance, got shapes {mu.shape} and {sigma.shape}")
+        raise ValueError(
+            f"need a D mean and a D×D covariance, got shapes {mu.shape} and {sigma.shape}"
+        )
     return mu, sigma
 
 
@@ -68,8 +70,9 @@ def trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
 
 
-def trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, *, eps: float = 1e-6,
-                             imag_tol: float = 1e-3) -> float:  # fmt: skip
+def trace_sqrt_product_sqrtm(
+    sigma1: np.ndarray, sigma2: np.ndarray, *, eps: float = 1e-6, imag_tol: float = 1e-3
+) -> float:
     """``tr((S1·S2)^½)`` with ``scipy.linalg.sqrtm`` (see the module docstring for the fallbacks)."""
     from scipy import linalg
 
@@ -82,7 +85,10 @@ def trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, *, eps: flo
             offset = np.eye(sigma1.shape[0]) * eps
             root = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if not np.all(np.isfinite(root)):
-        warnings.warn("sqrtm of the covariance product is not finite; using the eigenvalue route", stacklevel=3)
+        warnings.warn(
+            "sqrtm of the covariance product is not finite; using the eigenvalue route",
+            stacklevel=3,
+        )
         return trace_sqrt_product_eigh(sigma1, sigma2)
     if np.iscomplexobj(root):
         diagonal = np.diagonal(root)
@@ -98,7 +104,9 @@ def trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, *, eps: flo
     return float(np.trace(root))
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, *, method: str = "sqrtm", eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1, sigma1, mu2, sigma2, *, method: str = "sqrtm", eps: float = 1e-6
+) -> float:
     """Squared Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (float64).
 
     ``method`` is ``"sqrtm"`` or ``"eigh"`` (module docstring; ``"auto"`` means ``"sqrtm"``
@@ -108,7 +116,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, method: str = "sqrtm", eps: fl
     if method == "auto":
         method = "sqrtm"
     if method not in ("sqrtm", "eigh"):
-        raise ValueError(f"method must be 'sqrtm' or 'eigh' for a distance between statistics, got {method!r}")
+        raise ValueError(
+            f"method must be 'sqrtm' or 'eigh' for a distance between statistics, got {method!r}"
+        )
     mu1, sigma1 = _as_stats(mu1, sigma1)
     mu2, sigma2 = _as_stats(mu2, sigma2)
     if mu1.shape != mu2.shape:
@@ -128,7 +138,9 @@ def frechet_distance_from_samples(x, y) -> float:
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"need two N×D sample sets with the same D, got shapes {x.shape} and {y.shape}")
+        raise ValueError(
+            f"need two N×D sample sets with the same D, got shapes {x.shape} and {y.shape}"
+        )
     n1, n2 = len(x), len(y)
     if n1 < 2 or n2 < 2:
         raise ValueError(f"each set needs at least 2 samples, got {n1} and {n2}")
@@ -222,7 +234,9 @@ class RunningStats:
         return self._scatter / (self.count - 1)
 
 
-def frechet_from_stats(a: RunningStats, b: RunningStats, *, method: str = "auto", eps: float = 1e-6) -> float:
+def frechet_from_stats(
+    a: RunningStats, b: RunningStats, *, method: str = "auto", eps: float = 1e-6
+) -> float:
     """Fréchet distance between two accumulated feature sets; NaN when either has < 2 samples.
 
     ``method="auto"`` takes the ``"lowrank"`` route when both sets still hold their samples and
@@ -236,6 +250,8 @@ def frechet_from_stats(a: RunningStats, b: RunningStats, *, method: str = "auto"
     have_samples = samples_a is not None and samples_b is not None
     if method == "lowrank" or (method == "auto" and have_samples):
         if not have_samples:
-            raise ValueError("method='lowrank' needs the samples, which are dropped once a set has >= D of them")
+            raise ValueError(
+                "method='lowrank' needs the samples, which are dropped once a set has >= D of them"
+            )
         return frechet_distance_from_samples(samples_a, samples_b)
     return frechet_distance(a.mean, a.cov, b.mean, b.cov, method=method, eps=eps)

@@ -64,7 +64,9 @@ class _FrameMetric(Metric):
                 f"{self.name}: generated {tuple(batch.generated.shape)} and reference "
                 f"{tuple(batch.reference.shape)} differ in shape"
             )
-        scores = self.frame_scores(_frames01(batch.generated), _frames01(batch.reference).to(batch.generated.device))
+        scores = self.frame_scores(
+            _frames01(batch.generated), _frames01(batch.reference).to(batch.generated.device)
+        )
         per_clip = scores.detach().double().cpu().reshape(clips, frames).mean(dim=1)
         self.values.extend(float(v) for v in per_clip)
 
@@ -94,11 +96,21 @@ class SSIM(_FrameMetric):
         from torchmetrics.functional.image import structural_similarity_index_measure
 
         if min(generated.shape[-2:]) < self.window:
-            raise ValueError(f"ssim needs frames of at least {self.window} px, got {tuple(generated.shape[-2:])}")
+            raise ValueError(
+                f"ssim needs frames of at least {self.window} px, got {tuple(generated.shape[-2:])}"
+            )
         _, full = structural_similarity_index_measure(
-            generated.double(), reference.double(), gaussian_kernel=True, sigma=self.sigma, kernel_size=self.window,
-            reduction="none", data_range=1.0, k1=self.k1, k2=self.k2, return_full_image=True,
-        )  # fmt: skip
+            generated.double(),
+            reference.double(),
+            gaussian_kernel=True,
+            sigma=self.sigma,
+            kernel_size=self.window,
+            reduction="none",
+            data_range=1.0,
+            k1=self.k1,
+            k2=self.k2,
+            return_full_image=True,
+        )
         # torchmetrics' own mean also counts border pixels whose window reaches into its reflect
         # padding; keep only windows that lie inside the frame (Wang et al.'s code, scikit-image).
         if self.pad > 0:
@@ -122,7 +134,7 @@ class PSNR(_FrameMetric):
         from torchmetrics.functional.image import peak_signal_noise_ratio
 
         # In float64, so that frames that differ by tiny amounts still get exact values.
-        scores = peak_signal_noise_ratio(generated.double(), reference.double(), data_range=1.0, reduction="none",
-                                         dim=(1, 2, 3))  # fmt: skip
+        scores = peak_signal_noise_ratio(
+            generated.double(), reference.double(), data_range=1.0, reduction="none", dim=(1, 2, 3)
+        )
         return torch.nan_to_num(scores, nan=self.max_db, posinf=self.max_db).clamp(max=self.max_db)
-

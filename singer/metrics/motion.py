@@ -74,10 +74,14 @@ class MotionFidelity(Metric):
         self.cues = tuple(cues) if cues is not None else tuple(S.ESTIMATED_CUES)
         unknown = [c for c in self.cues if c not in E.RETURNED_CUES]
         if unknown:
-            raise ValueError(f"motion_fidelity: the estimator does not read {unknown}; choose from {E.RETURNED_CUES}")
+            raise ValueError(
+                f"motion_fidelity: the estimator does not read {unknown}; choose from {E.RETURNED_CUES}"
+            )
         absent = [c for c in self.cues if c not in self.cue_order]
         if absent:
-            raise ValueError(f"motion_fidelity: cues {absent} are not in cue_order {self.cue_order}")
+            raise ValueError(
+                f"motion_fidelity: cues {absent} are not in cue_order {self.cue_order}"
+            )
         self.reset()
 
     def keys(self) -> list[str]:
@@ -86,7 +90,9 @@ class MotionFidelity(Metric):
 
     def reset(self) -> None:
         self.clips: dict[str, list[float]] = {key: [] for key in self.keys()}
-        self.pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {c: ([], []) for c in self.cues}
+        self.pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
+            c: ([], []) for c in self.cues
+        }
 
     def _skip(self) -> None:
         for values in self.clips.values():
@@ -145,7 +151,9 @@ class MotionFidelity(Metric):
             if truths:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    out[f"motion/{cue}_r_pooled"] = E.pearson_r(np.concatenate(truths), np.concatenate(guesses))
+                    out[f"motion/{cue}_r_pooled"] = E.pearson_r(
+                        np.concatenate(truths), np.concatenate(guesses)
+                    )
             else:
                 out[f"motion/{cue}_r_pooled"] = float("nan")
         for key in ("motion/r_mean", "motion/mae_mean", "motion/face_rate"):

@@ -47,8 +47,9 @@ WINDOW = 5  # video frames per sync window (0.2 s at 25 fps)
 PADDINGS = ("zeros", "valid")
 
 
-def distance_curve(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int,
-                   padding: str = "zeros") -> torch.Tensor:  # fmt: skip
+def distance_curve(
+    video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int, padding: str = "zeros"
+) -> torch.Tensor:
     """``D(d)`` for ``d = -vshift … vshift`` (length ``2·vshift+1``), from ``N×D`` embeddings.
 
     ``video_emb[i]`` and ``audio_emb[i]`` cover the same 0.2 s; ``D(d)`` averages
@@ -70,8 +71,9 @@ def distance_curve(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))
 
 
-def lse_scores(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = 15,
-               padding: str = "zeros") -> tuple[float, float, int]:  # fmt: skip
+def lse_scores(
+    video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = 15, padding: str = "zeros"
+) -> tuple[float, float, int]:
     """``(LSE-C, LSE-D, offset)`` of one clip from ``N×D`` video and audio window embeddings.
 
     ``offset`` is the ``d`` of the minimum: the audio window ``i+d`` matches video window ``i``
@@ -82,7 +84,9 @@ def lse_scores(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = 1
     finite = curve[torch.isfinite(curve)]
     if finite.numel() == 0:
         return math.nan, math.nan, 0
-    best = int(torch.argmin(torch.where(torch.isfinite(curve), curve, torch.full_like(curve, math.inf))))
+    best = int(
+        torch.argmin(torch.where(torch.isfinite(curve), curve, torch.full_like(curve, math.inf)))
+    )
     minval = float(curve[best])
     # torch.median takes the lower middle value, as the reference implementation does
     return float(torch.median(finite)) - minval, minval, best - vshift
@@ -124,15 +128,21 @@ class _SyncMetric(Metric):
         video, audio = batch.generated, batch.audio
         b, _, f = video.shape[:3]
         if f < WINDOW:
-            self._skip(b, f"clips of {f} frames are shorter than one {WINDOW}-frame (0.2 s) sync window")
+            self._skip(
+                b, f"clips of {f} frames are shorter than one {WINDOW}-frame (0.2 s) sync window"
+            )
             return
         # audio under the clip, padded with silence when short (AAC padding makes it longer)
         needed = round(f / batch.fps * batch.sample_rate)
         if audio.shape[-1] < needed:
             audio = F.pad(audio, (0, needed - audio.shape[-1]))
-        video_emb, audio_emb = self._embed(video, audio[..., :needed], int(batch.sample_rate), float(batch.fps))
+        video_emb, audio_emb = self._embed(
+            video, audio[..., :needed], int(batch.sample_rate), float(batch.fps)
+        )
         for k in range(b):
-            conf, dist, offset = lse_scores(video_emb[k].cpu(), audio_emb[k].cpu(), self.vshift, self.padding)
+            conf, dist, offset = lse_scores(
+                video_emb[k].cpu(), audio_emb[k].cpu(), self.vshift, self.padding
+            )
             self.conf.append(conf)
             self.dist.append(dist)
             self.offsets.append(offset)
@@ -161,20 +171,37 @@ class SyncNetMetric(_SyncMetric):
     name = "sync"
     keys = ("sync_c", "sync_d")
 
-    def __init__(self, weights: str | None = None, sha256: str | None = None, *, vshift: int = 15,
-                 padding: str = "zeros", batch_size: int = 16, device: str = "auto", bgr: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        weights: str | None = None,
+        sha256: str | None = None,
+        *,
+        vshift: int = 15,
+        padding: str = "zeros",
+        batch_size: int = 16,
+        device: str = "auto",
+        bgr: bool = True,
+    ):
         from singer.models.syncnet import load_syncnet_v2
 
         super().__init__(vshift=vshift, padding=padding)
         self.device = _device(device)
         self.batch_size, self.bgr = max(1, int(batch_size)), bool(bgr)
-        self.net = load_syncnet_v2(weights, sha256=sha256, config_key="metric_kwargs.sync.weights",
-                                   sha256_key="metric_kwargs.sync.sha256").to(self.device)  # fmt: skip
+        self.net = load_syncnet_v2(
+            weights,
+            sha256=sha256,
+            config_key="metric_kwargs.sync.weights",
+            sha256_key="metric_kwargs.sync.sha256",
+        ).to(self.device)
 
     def _embed(self, video, audio, sample_rate, fps):
         from singer.models.syncnet import (
-            MEL_SAMPLE_RATE, SYNCNET_V2_MFCC_FRAMES, SYNCNET_V2_SIZE, _resample, mfcc_psf,
-        )  # fmt: skip
+            MEL_SAMPLE_RATE,
+            SYNCNET_V2_MFCC_FRAMES,
+            SYNCNET_V2_SIZE,
+            _resample,
+            mfcc_psf,
+        )
 
         b, _, f = video.shape[:3]
         n = f - WINDOW + 1
@@ -183,11 +210,19 @@ class SyncNetMetric(_SyncMetric):
         starts = torch.round(torch.arange(n, dtype=torch.float64) * 100.0 / fps).long()
         # the last window may reach one MFCC frame past the clip's audio: repeat the last frame
         idx = (starts[:, None] + torch.arange(SYNCNET_V2_MFCC_FRAMES)).clamp(max=mfcc.shape[-1] - 1)
-        mfcc_windows = mfcc[:, :, idx].permute(0, 2, 1, 3).reshape(b * n, 1, mfcc.shape[1], SYNCNET_V2_MFCC_FRAMES)
+        mfcc_windows = (
+            mfcc[:, :, idx]
+            .permute(0, 2, 1, 3)
+            .reshape(b * n, 1, mfcc.shape[1], SYNCNET_V2_MFCC_FRAMES)
+        )
 
         frames = video.float().transpose(1, 2).reshape(b * f, 3, *video.shape[-2:])
-        frames = F.interpolate(frames, size=(SYNCNET_V2_SIZE, SYNCNET_V2_SIZE), mode="bilinear", align_corners=False)
-        frames = ((frames.clamp(-1, 1) + 1) * 127.5).reshape(b, f, 3, SYNCNET_V2_SIZE, SYNCNET_V2_SIZE)
+        frames = F.interpolate(
+            frames, size=(SYNCNET_V2_SIZE, SYNCNET_V2_SIZE), mode="bilinear", align_corners=False
+        )
+        frames = ((frames.clamp(-1, 1) + 1) * 127.5).reshape(
+            b, f, 3, SYNCNET_V2_SIZE, SYNCNET_V2_SIZE
+        )
         if self.bgr:
             frames = frames.flip(2)
         window_idx = torch.arange(n)[:, None] + torch.arange(WINDOW)  # N×5
@@ -195,7 +230,9 @@ class SyncNetMetric(_SyncMetric):
         clips = [(k, i) for k in range(b) for i in range(n)]
         for start in range(0, len(clips), self.batch_size):
             chunk = clips[start : start + self.batch_size]
-            lips = torch.stack([frames[k, window_idx[i]] for k, i in chunk]).transpose(1, 2)  # c×3×5×224×224
+            lips = torch.stack([frames[k, window_idx[i]] for k, i in chunk]).transpose(
+                1, 2
+            )  # c×3×5×224×224
             video_emb.append(self.net.forward_lip(lips.to(self.device)).cpu())
             rows = torch.tensor([k * n + i for k, i in chunk])
             audio_emb.append(self.net.forward_aud(mfcc_windows[rows].to(self.device)).cpu())
@@ -209,18 +246,31 @@ class OfflineSyncMetric(_SyncMetric):
     name = "sync_offline"
     keys = ("sync_offline_c", "sync_offline_d")
 
-    def __init__(self, checkpoint: str | None = None, *, vshift: int = 15, padding: str = "valid",
-                 device: str = "auto", use_ema: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        *,
+        vshift: int = 15,
+        padding: str = "valid",
+        device: str = "auto",
+        use_ema: bool = True,
+    ):
         super().__init__(vshift=vshift, padding=padding)
         self.device = _device(device)
         from singer.models.syncnet import load_expert
 
-        self.expert, loaded = load_expert(checkpoint, config_key="metric_kwargs.sync_offline.checkpoint",
-                                          device=str(self.device), use_ema=use_ema)  # fmt: skip
+        self.expert, loaded = load_expert(
+            checkpoint,
+            config_key="metric_kwargs.sync_offline.checkpoint",
+            device=str(self.device),
+            use_ema=use_ema,
+        )
         self.checkpoint_step = loaded.step
 
     def _embed(self, video, audio, sample_rate, fps):
         n = video.shape[2] - WINDOW + 1
         video_emb = self.expert.embed_video(video.to(self.device))
-        audio_emb = self.expert.embed_audio(audio.to(self.device), n, fps=fps, sample_rate=sample_rate)
+        audio_emb = self.expert.embed_audio(
+            audio.to(self.device), n, fps=fps, sample_rate=sample_rate
+        )
         return video_emb.cpu(), audio_emb.cpu()

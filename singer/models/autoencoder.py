@@ -23,11 +23,21 @@ from singer.models.spec import ModelSpec, register_model_spec
 class AutoencoderModel(nn.Module):
     """A :class:`TinyAutoencoder` (under ``.ae``) with its reconstruction loss weights."""
 
-    def __init__(self, ae: TinyAutoencoder, *, l1_weight: float = 1.0, mse_weight: float = 1.0,
-                 reg_weight: float = 1.0e-4):  # fmt: skip
+    def __init__(
+        self,
+        ae: TinyAutoencoder,
+        *,
+        l1_weight: float = 1.0,
+        mse_weight: float = 1.0,
+        reg_weight: float = 1.0e-4,
+    ):
         super().__init__()
         self.ae = ae
-        self.l1_weight, self.mse_weight, self.reg_weight = float(l1_weight), float(mse_weight), float(reg_weight)
+        self.l1_weight, self.mse_weight, self.reg_weight = (
+            float(l1_weight),
+            float(mse_weight),
+            float(reg_weight),
+        )
 
     def training_loss(self, batch: dict, generator: torch.Generator | None = None):
         """Reconstruction loss on the frames of ``batch["video"]`` (``B×3×F×H×W`` in [-1, 1])."""
@@ -36,8 +46,12 @@ class AutoencoderModel(nn.Module):
         err = recon.float() - frames.float()
         l1, mse = err.abs().mean(), err.pow(2).mean()
         loss = self.l1_weight * l1 + self.mse_weight * mse + self.reg_weight * reg.float()
-        logs = {"l1": float(l1.detach()), "mse": float(mse.detach()), "reg": float(reg.detach()),
-                "latent_std": float(z.detach().float().std())}  # fmt: skip
+        logs = {
+            "l1": float(l1.detach()),
+            "mse": float(mse.detach()),
+            "reg": float(reg.detach()),
+            "latent_std": float(z.detach().float().std()),
+        }
         return loss, logs
 
 
@@ -48,8 +62,12 @@ def build_autoencoder(cfg) -> AutoencoderModel:
     """Build from a composed config; only the ``model`` section is read."""
     mc = cfg.model
     ae = TinyAutoencoder(**{k: mc[k] for k in AE_ARCH_KEYS if k in mc})
-    return AutoencoderModel(ae, l1_weight=mc.get("l1_weight", 1.0), mse_weight=mc.get("mse_weight", 1.0),
-                            reg_weight=mc.get("reg_weight", 1.0e-4))  # fmt: skip
+    return AutoencoderModel(
+        ae,
+        l1_weight=mc.get("l1_weight", 1.0),
+        mse_weight=mc.get("mse_weight", 1.0),
+        reg_weight=mc.get("reg_weight", 1.0e-4),
+    )
 
 
 register_model_spec(

@@ -121,7 +121,13 @@ class AudioDrivenDiffusion(nn.Module):
             return cfg_combine(cond, uncond, guidance_scale)
 
         latents = self.diffusion.sample(
-            denoise, shape, steps=steps, generator=generator, device=device, dtype=ref.dtype, progress=progress
+            denoise,
+            shape,
+            steps=steps,
+            generator=generator,
+            device=device,
+            dtype=ref.dtype,
+            progress=progress,
         )
         return self.codec.decode(latents).clamp(-1.0, 1.0)
 
@@ -130,7 +136,11 @@ def _kwargs(section) -> dict:
     """A config section without its ``name`` key, as plain Python kwargs."""
     from omegaconf import OmegaConf
 
-    data = OmegaConf.to_container(section, resolve=True) if not isinstance(section, dict) else dict(section)
+    data = (
+        OmegaConf.to_container(section, resolve=True)
+        if not isinstance(section, dict)
+        else dict(section)
+    )
     data.pop("name", None)
     return data
 

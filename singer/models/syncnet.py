@@ -122,10 +122,18 @@ def log_mel(wav: torch.Tensor, sample_rate: int = MEL_SAMPLE_RATE) -> torch.Tens
     key = str(wav.device)
     if key not in _MEL_CACHE:
         _MEL_CACHE[key] = torchaudio.transforms.MelSpectrogram(
-            sample_rate=MEL_SAMPLE_RATE, n_fft=MEL_N_FFT, win_length=MEL_N_FFT, hop_length=MEL_HOP,
-            f_min=MEL_FMIN, f_max=MEL_FMAX, n_mels=MEL_BINS, power=1.0, center=True, norm="slaney",
+            sample_rate=MEL_SAMPLE_RATE,
+            n_fft=MEL_N_FFT,
+            win_length=MEL_N_FFT,
+            hop_length=MEL_HOP,
+            f_min=MEL_FMIN,
+            f_max=MEL_FMAX,
+            n_mels=MEL_BINS,
+            power=1.0,
+            center=True,
+            norm="slaney",
             mel_scale="slaney",
-        ).to(wav.device)  # fmt: skip
+        ).to(wav.device)
     with torch.autocast(wav.device.type, enabled=False):
         magnitude = _MEL_CACHE[key](_preemphasis(wav))
         db = 20.0 * torch.log10(magnitude.clamp_min(1e-5)) - MEL_REF_DB
@@ -141,7 +149,9 @@ def frame_to_mel(frames: torch.Tensor, fps: float) -> torch.Tensor:
 def mel_windows(mel: torch.Tensor, starts: torch.Tensor, steps: int = MEL_STEPS) -> torch.Tensor:
     """Windows of ``steps`` mel steps: ``mel`` ``B×M×T``, ``starts`` int64 of any shape ``*`` (shared
     by the batch) → ``B×*×M×steps``. Steps before 0 or past ``T-1`` repeat the edge step."""
-    idx = (starts.to(mel.device)[..., None] + torch.arange(steps, device=mel.device)).clamp(0, mel.shape[-1] - 1)
+    idx = (starts.to(mel.device)[..., None] + torch.arange(steps, device=mel.device)).clamp(
+        0, mel.shape[-1] - 1
+    )
     out = mel[:, :, idx.reshape(-1)]  # B×M×(K·steps)
     out = out.reshape(mel.shape[0], mel.shape[1], *idx.shape)  # B×M×*×steps
     return out.movedim(1, -2)
@@ -150,8 +160,13 @@ def mel_windows(mel: torch.Tensor, starts: torch.Tensor, steps: int = MEL_STEPS)
 def lower_half(frames: torch.Tensor, size: int) -> torch.Tensor:
     """Frames ``N×C×H×W`` → resized to ``size×size``, lower half ``N×C×(size/2)×size``."""
     if frames.shape[-2:] != (size, size):
-        frames = F.interpolate(frames.float(), size=(size, size), mode="bilinear", align_corners=False,
-                               antialias=frames.shape[-1] > size)  # fmt: skip
+        frames = F.interpolate(
+            frames.float(),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=frames.shape[-1] > size,
+        )
     return frames[..., size // 2 :, :]
 
 
@@ -165,7 +180,9 @@ class _ConvBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int | tuple[int, int] = 1):
         super().__init__()
-        self.down = nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), _norm(cout), nn.GELU())
+        self.down = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1), _norm(cout), nn.GELU()
+        )
         self.res = nn.Sequential(nn.Conv2d(cout, cout, 3, padding=1), _norm(cout))
         self.act = nn.GELU()
 
@@ -174,8 +191,9 @@ class _ConvBlock(nn.Module):
         return self.act(x + self.res(x))
 
 
-def _encoder(in_channels: int, channels: list[int], in_shape: tuple[int, int], embed_dim: int, *,
-             pool: bool) -> nn.Sequential:  # fmt: skip
+def _encoder(
+    in_channels: int, channels: list[int], in_shape: tuple[int, int], embed_dim: int, *, pool: bool
+) -> nn.Sequential:
     """Stride-1 stem, then stride-2 blocks; global average pool (``pool``) or flatten; Linear → ``embed_dim``."""
     layers: list[nn.Module] = [_ConvBlock(in_channels, channels[0])]
     for cin, cout in zip(channels[:-1], channels[1:], strict=True):
@@ -202,21 +220,37 @@ class SyncExpert(nn.Module):
         nce_weight: weight of the multi-way matching term (0 = BCE only).
     """
 
-    def __init__(self, *, face_size: int = 48, face_channels=(16, 32, 64, 128), audio_channels=(16, 32, 64, 128),
-                 embed_dim: int = 128, sample_rate: int = 16000, fps: float = 25.0, min_offset: int = 1,
-                 cross_clip_negatives: bool = True, nce_weight: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        face_size: int = 48,
+        face_channels=(16, 32, 64, 128),
+        audio_channels=(16, 32, 64, 128),
+        embed_dim: int = 128,
+        sample_rate: int = 16000,
+        fps: float = 25.0,
+        min_offset: int = 1,
+        cross_clip_negatives: bool = True,
+        nce_weight: float = 1.0,
+    ):
         super().__init__()
         if face_size < 8 or face_size % 2:
             raise ValueError(f"model.face_size must be an even number ≥ 8, got {face_size}")
         self.face_size, self.embed_dim = int(face_size), int(embed_dim)
         self.sample_rate, self.fps = int(sample_rate), float(fps)
-        self.min_offset, self.cross_clip_negatives = max(1, int(min_offset)), bool(cross_clip_negatives)
+        self.min_offset, self.cross_clip_negatives = (
+            max(1, int(min_offset)),
+            bool(cross_clip_negatives),
+        )
         self.nce_weight = float(nce_weight)
         # Faces: pooled over space (the mouth may sit anywhere in the crop; time lives in the channels).
         # Audio: flattened, so frequency and time positions stay distinct.
-        self.face_encoder = _encoder(3 * SYNC_FRAMES, list(face_channels), (face_size // 2, face_size), embed_dim,
-                                     pool=True)  # fmt: skip
-        self.audio_encoder = _encoder(1, list(audio_channels), (MEL_BINS, MEL_STEPS), embed_dim, pool=False)
+        self.face_encoder = _encoder(
+            3 * SYNC_FRAMES, list(face_channels), (face_size // 2, face_size), embed_dim, pool=True
+        )
+        self.audio_encoder = _encoder(
+            1, list(audio_channels), (MEL_BINS, MEL_STEPS), embed_dim, pool=False
+        )
         # P(in sync) = sigmoid(scale · cos + bias), both learned (starts at a steep, centred logistic)
         self.logit_scale = nn.Parameter(torch.tensor(10.0))
         self.logit_bias = nn.Parameter(torch.tensor(0.0))
@@ -242,11 +276,19 @@ class SyncExpert(nn.Module):
         starts = torch.arange(f - SYNC_FRAMES + 1) if starts is None else starts.cpu()
         idx = starts[:, None] + torch.arange(SYNC_FRAMES)  # N×5
         windows = video[:, :, idx.to(video.device)]  # B×3×N×5×H×W
-        windows = windows.permute(0, 2, 1, 3, 4, 5).reshape(b * len(starts), 3, SYNC_FRAMES, *video.shape[-2:])
+        windows = windows.permute(0, 2, 1, 3, 4, 5).reshape(
+            b * len(starts), 3, SYNC_FRAMES, *video.shape[-2:]
+        )
         return self.embed_face_windows(windows).reshape(b, len(starts), -1)
 
-    def embed_audio(self, wav: torch.Tensor, starts: torch.Tensor | int, *, fps: float | None = None,
-                    sample_rate: int | None = None) -> torch.Tensor:  # fmt: skip
+    def embed_audio(
+        self,
+        wav: torch.Tensor,
+        starts: torch.Tensor | int,
+        *,
+        fps: float | None = None,
+        sample_rate: int | None = None,
+    ) -> torch.Tensor:
         """Waveform ``B×S`` (sample 0 = frame 0) → ``B×N×D``: the 0.2 s windows starting at the
         frames ``starts`` (or at frames ``0..starts-1`` when an int)."""
         if isinstance(starts, int):
@@ -267,7 +309,9 @@ class SyncExpert(nn.Module):
         video, wav = batch["video"], batch["audio"]
         b, _, f, _, _ = video.shape
         if f < SYNC_FRAMES:
-            raise ValueError(f"model=syncnet needs clips of at least {SYNC_FRAMES} frames (trainer.num_frames={f})")
+            raise ValueError(
+                f"model=syncnet needs clips of at least {SYNC_FRAMES} frames (trainer.num_frames={f})"
+            )
         n = f - SYNC_FRAMES + 1
         v = self.embed_video(video)  # B×N×D
         a = self.embed_audio(wav, n)  # B×N×D
@@ -281,15 +325,22 @@ class SyncExpert(nn.Module):
             negatives.append(cross[other].reshape(-1))
         neg = torch.cat(negatives)
         if neg.numel() == 0:
-            raise ValueError("model=syncnet found no negatives: use trainer.num_frames ≥ 6 or batch_size ≥ 2")
+            raise ValueError(
+                "model=syncnet found no negatives: use trainer.num_frames ≥ 6 or batch_size ≥ 2"
+            )
         pos_logit, neg_logit = self.sync_logit(pos), self.sync_logit(neg)
         pos_loss = F.softplus(-pos_logit).mean()  # −log σ(logit)
         neg_loss = F.softplus(neg_logit).mean()  # −log(1 − σ(logit))
         bce = 0.5 * (pos_loss + neg_loss)
         acc = 0.5 * ((pos_logit > 0).float().mean() + (neg_logit < 0).float().mean())
-        logs = {"bce": float(bce.detach()), "pos_loss": float(pos_loss.detach()),
-                "neg_loss": float(neg_loss.detach()), "pos_sim": float(pos.detach().mean()),
-                "neg_sim": float(neg.detach().mean()), "acc": float(acc)}  # fmt: skip
+        logs = {
+            "bce": float(bce.detach()),
+            "pos_loss": float(pos_loss.detach()),
+            "neg_loss": float(neg_loss.detach()),
+            "pos_sim": float(pos.detach().mean()),
+            "neg_sim": float(neg.detach().mean()),
+            "acc": float(acc),
+        }
         loss = bce
         if self.nce_weight > 0:
             # multi-way matching: each video window picks its audio among the candidate windows
@@ -312,7 +363,9 @@ EXPERT_HINT = (
 )
 
 
-def load_expert(checkpoint: str | Path | None, *, config_key: str, device: str = "cpu", use_ema: bool = True):
+def load_expert(
+    checkpoint: str | Path | None, *, config_key: str, device: str = "cpu", use_ema: bool = True
+):
     """``(expert, loaded)``: the frozen, eval-mode :class:`SyncExpert` of a ``model=syncnet`` run
     (run directory or ``.pt``) and its ``singer.inference.LoadedModel`` record.
 
@@ -332,12 +385,21 @@ def load_expert(checkpoint: str | Path | None, *, config_key: str, device: str =
         raise MissingWeightsError(f"`{config_key}={checkpoint}`: {err}; {EXPERT_HINT}") from None
     loaded = load_model(path, device=device, use_ema=use_ema)
     if loaded.spec.name != "syncnet":
-        raise ValueError(f"`{config_key}={checkpoint}` is a '{loaded.spec.name}' run, not a model=syncnet expert")
+        raise ValueError(
+            f"`{config_key}={checkpoint}` is a '{loaded.spec.name}' run, not a model=syncnet expert"
+        )
     return loaded.model.eval().requires_grad_(False), loaded
 
 
-EXPERT_KEYS = ("face_size", "face_channels", "audio_channels", "embed_dim", "min_offset", "cross_clip_negatives",
-               "nce_weight")  # fmt: skip
+EXPERT_KEYS = (
+    "face_size",
+    "face_channels",
+    "audio_channels",
+    "embed_dim",
+    "min_offset",
+    "cross_clip_negatives",
+    "nce_weight",
+)
 
 
 def build_syncnet(cfg) -> SyncExpert:
@@ -345,7 +407,9 @@ def build_syncnet(cfg) -> SyncExpert:
     mc = cfg.model
     frames = int(cfg.trainer.num_frames)
     if frames < SYNC_FRAMES:
-        raise ValueError(f"model=syncnet needs trainer.num_frames ≥ {SYNC_FRAMES} (one 0.2 s window), got {frames}")
+        raise ValueError(
+            f"model=syncnet needs trainer.num_frames ≥ {SYNC_FRAMES} (one 0.2 s window), got {frames}"
+        )
     kwargs = {k: (list(mc[k]) if k.endswith("channels") else mc[k]) for k in EXPERT_KEYS if k in mc}
     return SyncExpert(sample_rate=int(cfg.data.sample_rate), fps=float(cfg.data.fps), **kwargs)
 
@@ -366,22 +430,51 @@ register_model_spec(
 # Layer tables in the order of the released network, so nn.Sequential indices match its keys.
 # ("conv", in, out, kernel, stride, padding) | ("bn", channels) | ("relu",) | ("pool", kernel, stride, padding)
 _AUDIO_LAYERS = [
-    ("conv", 1, 64, (3, 3), (1, 1), (1, 1)), ("bn", 64), ("relu",), ("pool", (1, 1), (1, 1), 0),
-    ("conv", 64, 192, (3, 3), (1, 1), (1, 1)), ("bn", 192), ("relu",), ("pool", (3, 3), (1, 2), 0),
-    ("conv", 192, 384, (3, 3), (1, 1), (1, 1)), ("bn", 384), ("relu",),
-    ("conv", 384, 256, (3, 3), (1, 1), (1, 1)), ("bn", 256), ("relu",),
-    ("conv", 256, 256, (3, 3), (1, 1), (1, 1)), ("bn", 256), ("relu",), ("pool", (3, 3), (2, 2), 0),
-    ("conv", 256, 512, (5, 4), (1, 1), (0, 0)), ("bn", 512), ("relu",),
-]  # fmt: skip
+    ("conv", 1, 64, (3, 3), (1, 1), (1, 1)),
+    ("bn", 64),
+    ("relu",),
+    ("pool", (1, 1), (1, 1), 0),
+    ("conv", 64, 192, (3, 3), (1, 1), (1, 1)),
+    ("bn", 192),
+    ("relu",),
+    ("pool", (3, 3), (1, 2), 0),
+    ("conv", 192, 384, (3, 3), (1, 1), (1, 1)),
+    ("bn", 384),
+    ("relu",),
+    ("conv", 384, 256, (3, 3), (1, 1), (1, 1)),
+    ("bn", 256),
+    ("relu",),
+    ("conv", 256, 256, (3, 3), (1, 1), (1, 1)),
+    ("bn", 256),
+    ("relu",),
+    ("pool", (3, 3), (2, 2), 0),
+    ("conv", 256, 512, (5, 4), (1, 1), (0, 0)),
+    ("bn", 512),
+    ("relu",),
+]
 _LIP_LAYERS = [
-    ("conv", 3, 96, (5, 7, 7), (1, 2, 2), 0), ("bn", 96), ("relu",), ("pool", (1, 3, 3), (1, 2, 2), 0),
-    ("conv", 96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)), ("bn", 256), ("relu",),
+    ("conv", 3, 96, (5, 7, 7), (1, 2, 2), 0),
+    ("bn", 96),
+    ("relu",),
+    ("pool", (1, 3, 3), (1, 2, 2), 0),
+    ("conv", 96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)),
+    ("bn", 256),
+    ("relu",),
     ("pool", (1, 3, 3), (1, 2, 2), (0, 1, 1)),
-    ("conv", 256, 256, (1, 3, 3), (1, 1, 1), (0, 1, 1)), ("bn", 256), ("relu",),
-    ("conv", 256, 256, (1, 3, 3), (1, 1, 1), (0, 1, 1)), ("bn", 256), ("relu",),
-    ("conv", 256, 256, (1, 3, 3), (1, 1, 1), (0, 1, 1)), ("bn", 256), ("relu",), ("pool", (1, 3, 3), (1, 2, 2), 0),
-    ("conv", 256, 512, (1, 6, 6), (1, 1, 1), 0), ("bn", 512), ("relu",),
-]  # fmt: skip
+    ("conv", 256, 256, (1, 3, 3), (1, 1, 1), (0, 1, 1)),
+    ("bn", 256),
+    ("relu",),
+    ("conv", 256, 256, (1, 3, 3), (1, 1, 1), (0, 1, 1)),
+    ("bn", 256),
+    ("relu",),
+    ("conv", 256, 256, (1, 3, 3), (1, 1, 1), (0, 1, 1)),
+    ("bn", 256),
+    ("relu",),
+    ("pool", (1, 3, 3), (1, 2, 2), 0),
+    ("conv", 256, 512, (1, 6, 6), (1, 1, 1), 0),
+    ("bn", 512),
+    ("relu",),
+]
 SYNCNET_V2_DIM = 1024
 SYNCNET_V2_SIZE = 224  # face crops are resized to 224×224
 SYNCNET_V2_MFCC_FRAMES = 20  # 0.2 s at 100 Hz
@@ -447,8 +540,13 @@ SYNCNET_V2_HINT = (
 )
 
 
-def load_syncnet_v2(path: str | Path, *, sha256: str | None, config_key: str = "weights",
-                    sha256_key: str | None = "sha256") -> SyncNetV2:  # fmt: skip
+def load_syncnet_v2(
+    path: str | Path,
+    *,
+    sha256: str | None,
+    config_key: str = "weights",
+    sha256_key: str | None = "sha256",
+) -> SyncNetV2:
     """A :class:`SyncNetV2` in eval mode with the checked weights of a local file.
 
     Raises ``singer.weights.MissingWeightsError`` (no file), ``WeightsChecksumError`` (wrong
@@ -456,8 +554,14 @@ def load_syncnet_v2(path: str | Path, *, sha256: str | None, config_key: str = "
     """
     from singer.weights import load_state_dict, resolve_weights
 
-    resolved = resolve_weights(path, sha256=sha256, name="SyncNet v2 state dict", config_key=config_key,
-                               hint=SYNCNET_V2_HINT, sha256_key=sha256_key)  # fmt: skip
+    resolved = resolve_weights(
+        path,
+        sha256=sha256,
+        name="SyncNet v2 state dict",
+        config_key=config_key,
+        hint=SYNCNET_V2_HINT,
+        sha256_key=sha256_key,
+    )
     state = load_state_dict(resolved)
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
     model = SyncNetV2()
@@ -465,8 +569,11 @@ def load_syncnet_v2(path: str | Path, *, sha256: str | None, config_key: str = "
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state) - optional)
     unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k}: {tuple(state[k].shape)} ≠ {tuple(v.shape)}" for k, v in expected.items()
-                    if k in state and tuple(state[k].shape) != tuple(v.shape))  # fmt: skip
+    shapes = sorted(
+        f"{k}: {tuple(state[k].shape)} ≠ {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    )
     if missing or unexpected or shapes:
         raise ValueError(
             f"{resolved} is not a SyncNet v2 state dict (layout: singer.models.syncnet docstring).\n"
@@ -489,7 +596,9 @@ def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
 
 def _psf_filterbank(nfilt: int, nfft: int, sample_rate: int) -> torch.Tensor:
     """Triangular filters ``nfilt×(nfft/2+1)`` on FFT bins, edges rounded down to bins."""
-    points = torch.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), nfilt + 2, dtype=torch.float64)
+    points = torch.linspace(
+        _hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), nfilt + 2, dtype=torch.float64
+    )
     bins = torch.floor((nfft + 1) * _mel_to_hz(points) / sample_rate).long()
     k = torch.arange(nfft // 2 + 1, dtype=torch.float64)
     bank = torch.zeros(nfilt, nfft // 2 + 1, dtype=torch.float64)
@@ -513,9 +622,18 @@ def _dct2_ortho(n: int, keep: int) -> torch.Tensor:
     return m
 
 
-def mfcc_psf(wav: torch.Tensor, sample_rate: int = 16000, *, numcep: int = 13, nfilt: int = 26, nfft: int = 512,
-             winlen: float = 0.025, winstep: float = 0.01, preemph: float = 0.97,
-             ceplifter: int = 22) -> torch.Tensor:  # fmt: skip
+def mfcc_psf(
+    wav: torch.Tensor,
+    sample_rate: int = 16000,
+    *,
+    numcep: int = 13,
+    nfilt: int = 26,
+    nfft: int = 512,
+    winlen: float = 0.025,
+    winstep: float = 0.01,
+    preemph: float = 0.97,
+    ceplifter: int = 22,
+) -> torch.Tensor:
     """Waveform ``B×S`` → MFCCs ``B×numcep×T`` (float32), T = 1 + ceil((S - 400) / 160) at 16 kHz.
 
     The python_speech_features recipe with its defaults (see the module docstring); the last

@@ -98,34 +98,51 @@ class SweepSummary:
 
 
 # -- small helpers ----------------------------------------------------------------------------
-def plan_jobs(spec: SweepSpec, max_trials: int | None = None) -> list[tuple[int, Configuration, int]]:
+def plan_jobs(
+    spec: SweepSpec, max_trials: int | None = None
+) -> list[tuple[int, Configuration, int]]:
     """(planned trial index, configuration, seed) for every job fixed in advance: the whole grid
     for ``grid``; only the variants for ``tpe`` / ``random`` (the rest is sampled while running)."""
-    return [(i, c, s) for i, c in enumerate(spec.planned_configurations(max_trials)) for s in spec.seeds]
+    return [
+        (i, c, s) for i, c in enumerate(spec.planned_configurations(max_trials)) for s in spec.seeds
+    ]
 
 
-def describe_plan(spec: SweepSpec, launcher: str | None = None, max_trials: int | None = None) -> list[str]:
+def describe_plan(
+    spec: SweepSpec, launcher: str | None = None, max_trials: int | None = None
+) -> list[str]:
     """What ``--dry-run`` prints: every job of a grid, or the space and counts of a sampled sweep."""
     launcher = launcher or spec.launcher
     target = spec.target_trials(max_trials)
     seeds = ", ".join(map(str, spec.seeds))
-    lines = [f"sweep {spec.name}: {target} trials × {len(spec.seeds)} seeds ({seeds}) = {target * len(spec.seeds)} "
-             f"jobs on {launcher}, {spec.parallel} at a time, timeout {spec.timeout_min} min, "
-             f"up to {spec.max_requeue} requeues"]  # fmt: skip
-    lines.append("objectives: " + ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives)
-                 + " (mean over seeds); pruner: " + json.dumps(spec.pruner))  # fmt: skip
+    lines = [
+        f"sweep {spec.name}: {target} trials × {len(spec.seeds)} seeds ({seeds}) = {target * len(spec.seeds)} "
+        f"jobs on {launcher}, {spec.parallel} at a time, timeout {spec.timeout_min} min, "
+        f"up to {spec.max_requeue} requeues"
+    ]
+    lines.append(
+        "objectives: "
+        + ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives)
+        + " (mean over seeds); pruner: "
+        + json.dumps(spec.pruner)
+    )
     lines.append("base overrides: " + (" ".join(spec.overrides) or "(none)"))
     if spec.evaluate:
         extra = [k for k in ("bands", "probes") if spec.evaluate[k]]
-        lines.append(f"then each trial is evaluated on split {spec.evaluate['split']}"
-                     + (f" with {' and '.join(extra)}" if extra else "")
-                     + ": protocol " + (" ".join(spec.evaluate["protocol"]) or "(defaults)"))  # fmt: skip
+        lines.append(
+            f"then each trial is evaluated on split {spec.evaluate['split']}"
+            + (f" with {' and '.join(extra)}" if extra else "")
+            + ": protocol "
+            + (" ".join(spec.evaluate["protocol"]) or "(defaults)")
+        )
     if spec.sampler != "grid":
         lines.append(f"sampler {spec.sampler} (seed {spec.sampler_seed}) over:")
         for p in spec.space:
             lines.append(f"  {p.key}: " + json.dumps(p.as_dict()))
         fixed = spec.planned_configurations(max_trials)
-        lines.append(f"{len(fixed)} variant trials first, then {target - len(fixed)} sampled trials")
+        lines.append(
+            f"{len(fixed)} variant trials first, then {target - len(fixed)} sampled trials"
+        )
     for index, config, seed in plan_jobs(spec, max_trials):
         lines.append(f"  trial {index:>3}  seed {seed:<4} {config.label()}")
     return lines
@@ -146,7 +163,9 @@ def _pid_alive(pid: int) -> bool:
 def _reason(err: BaseException) -> str:
     """One line for a failed job: the last line of a remote traceback, else the message."""
     text = str(err).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not set(ln.strip()) <= {"-", "="}]
+    lines = [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not set(ln.strip()) <= {"-", "="}
+    ]
     if "Traceback" in text and lines:
         return lines[-1][:500]
     return f"{type(err).__name__}: {lines[0] if lines else text}"[:500]
@@ -214,12 +233,16 @@ class SweepDriver:
     def _prepare_out_dir(self) -> None:
         if self.resume:
             if not self.state_path.exists():
-                raise SweepError(f"nothing to resume: {self.state_path} does not exist (run without --resume "
-                                 "to start the sweep, or pass the --out of the sweep to resume)")  # fmt: skip
+                raise SweepError(
+                    f"nothing to resume: {self.state_path} does not exist (run without --resume "
+                    "to start the sweep, or pass the --out of the sweep to resume)"
+                )
             self.state = json.loads(self.state_path.read_text())
             before, now = self.state.get("identity"), self.spec.identity()
             if before != now:
-                changed = sorted(k for k in set(before or {}) | set(now) if (before or {}).get(k) != now.get(k))
+                changed = sorted(
+                    k for k in set(before or {}) | set(now) if (before or {}).get(k) != now.get(k)
+                )
                 raise SweepError(
                     f"{self.spec.path} changed since sweep {self.spec.name!r} began in {self.out_dir} "
                     f"(keys: {', '.join(changed)}); only limits, launcher, timeout_min, max_requeue and "
@@ -227,18 +250,27 @@ class SweepDriver:
                 )
             return
         if self.out_dir.exists() and any(self.out_dir.iterdir()):
-            raise SweepError(f"the sweep output dir {self.out_dir} exists already: pass --resume to continue that "
-                             "sweep, or --out DIR for a new one")  # fmt: skip
+            raise SweepError(
+                f"the sweep output dir {self.out_dir} exists already: pass --resume to continue that "
+                "sweep, or --out DIR for a new one"
+            )
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.state = {"version": 1, "name": self.spec.name, "identity": self.spec.identity(), "sessions": 0,
-                      "jobs": {}}  # fmt: skip
+        self.state = {
+            "version": 1,
+            "name": self.spec.name,
+            "identity": self.spec.identity(),
+            "sessions": 0,
+            "jobs": {},
+        }
         shutil.copyfile(self.spec.path, self.out_dir / "sweep.yaml")
 
     def _storage(self) -> str:
         recorded = self.state.get("storage")
         given = storage_spec(self.storage_arg) if self.storage_arg else None
         if recorded and given and recorded != given:
-            raise SweepError(f"this sweep's study is in {recorded}, not {given}: drop --storage or pass that one")
+            raise SweepError(
+                f"this sweep's study is in {recorded}, not {given}: drop --storage or pass that one"
+            )
         return given or recorded or f"journal:{self.out_dir / 'optuna.journal'}"
 
     def _open_study(self) -> None:
@@ -251,19 +283,30 @@ class SweepDriver:
         pruner = make_pruner(spec.pruner)
         try:
             self.study = optuna.create_study(
-                study_name=spec.name, storage=storage, directions=spec.directions, pruner=pruner,
+                study_name=spec.name,
+                storage=storage,
+                directions=spec.directions,
+                pruner=pruner,
                 sampler=make_sampler(spec.sampler, spec.sampler_seed, spec.tpe_startup_trials),
                 load_if_exists=self.resume,
-            )  # fmt: skip
+            )
         except optuna.exceptions.DuplicatedStudyError:
-            raise SweepError(f"a study named {spec.name!r} exists already in {self.state['storage']}: pass "
-                             "--resume to continue it, or rename the sweep") from None  # fmt: skip
-        if self.study.directions != [optuna.study.StudyDirection[d.upper()] for d in spec.directions]:
-            raise SweepError(f"study {spec.name!r} in {self.state['storage']} has directions "
-                             f"{self.study.directions}, the sweep file {spec.directions}")  # fmt: skip
+            raise SweepError(
+                f"a study named {spec.name!r} exists already in {self.state['storage']}: pass "
+                "--resume to continue it, or rename the sweep"
+            ) from None
+        if self.study.directions != [
+            optuna.study.StudyDirection[d.upper()] for d in spec.directions
+        ]:
+            raise SweepError(
+                f"study {spec.name!r} in {self.state['storage']} has directions "
+                f"{self.study.directions}, the sweep file {spec.directions}"
+            )
         done = len(self.study.get_trials(deepcopy=False))
         if done:  # a sampler seeded as in the first session would replay its random draws
-            self.study.sampler = make_sampler(spec.sampler, spec.sampler_seed + done, spec.tpe_startup_trials)
+            self.study.sampler = make_sampler(
+                spec.sampler, spec.sampler_seed + done, spec.tpe_startup_trials
+            )
         self.study.set_user_attr("sweep.out_dir", str(self.out_dir))
 
     def _open_tracking(self) -> None:
@@ -271,8 +314,10 @@ class SweepDriver:
 
         recorded = self.state.get("tracking_uri")
         if recorded and self.spec.tracking_uri and self.spec.tracking_uri != recorded:
-            raise SweepError(f"this sweep records to MLflow at {recorded}, not {self.spec.tracking_uri}: "
-                             "restore mlflow.tracking_uri, or start a new sweep with --out")  # fmt: skip
+            raise SweepError(
+                f"this sweep records to MLflow at {recorded}, not {self.spec.tracking_uri}: "
+                "restore mlflow.tracking_uri, or start a new sweep with --out"
+            )
         # Recorded first: the parent run lives there, whatever $MLFLOW_TRACKING_URI says today.
         uri = recorded or self.spec.tracking_uri or tracking.tracking_uri(None)
         self.state["tracking_uri"] = uri
@@ -283,10 +328,18 @@ class SweepDriver:
             self.parent = tracking.resume_run(parent_id, uri)
         else:
             self.parent = tracking.start_run(
-                self.spec.experiment, run_name=self.spec.name, uri=uri, experiment_id=self.state["experiment_id"],
-                tags={"sweep": self.spec.name, "sweep.role": "parent", "sweep.out_dir": str(self.out_dir),
-                      "sweep.storage": self.state["storage"], "sweep.study": self.spec.name},
-            )  # fmt: skip
+                self.spec.experiment,
+                run_name=self.spec.name,
+                uri=uri,
+                experiment_id=self.state["experiment_id"],
+                tags={
+                    "sweep": self.spec.name,
+                    "sweep.role": "parent",
+                    "sweep.out_dir": str(self.out_dir),
+                    "sweep.storage": self.state["storage"],
+                    "sweep.study": self.spec.name,
+                },
+            )
             self.state["parent_run_id"] = self.parent.run_id
             self.parent.log_params(self.spec.summary_params())
             self.parent.log_artifact(self.out_dir / "sweep.yaml")
@@ -300,16 +353,25 @@ class SweepDriver:
         # A fresh job folder per driver session: SLURM job ids may restart after a cluster
         # rebuild, and a reused folder would then hand back stale results.
         folder = self.out_dir / "jobs" / f"session{self.state['sessions']}"
-        self.executor = make_executor(self.launcher, folder, timeout_min=self.spec.timeout_min, name=self.spec.name,
-                                      max_requeue=self.spec.max_requeue)  # fmt: skip
+        self.executor = make_executor(
+            self.launcher,
+            folder,
+            timeout_min=self.spec.timeout_min,
+            name=self.spec.name,
+            max_requeue=self.spec.max_requeue,
+        )
 
     def _enqueue_planned(self) -> None:
         """Put the fixed configurations (grid or variants) in the study's queue, once each:
         ``skip_if_exists`` also skips configurations that ran (or failed) in an earlier session."""
         target = self.spec.target_trials(self.max_trials)
-        started = len([t for t in self.study.get_trials(deepcopy=False) if t.state.name != "WAITING"])
+        started = len(
+            [t for t in self.study.get_trials(deepcopy=False) if t.state.name != "WAITING"]
+        )
         for config in self.spec.planned_configurations(self.max_trials):
-            self.study.enqueue_trial(config.params, user_attrs={"variant": config.variant}, skip_if_exists=True)
+            self.study.enqueue_trial(
+                config.params, user_attrs={"variant": config.variant}, skip_if_exists=True
+            )
         self.target, self.started = target, started
 
     # -- trials -------------------------------------------------------------------------------
@@ -326,7 +388,9 @@ class SweepDriver:
                 elif p.type == "int":
                     trial.suggest_int(p.key, int(p.low), int(p.high), step=int(p.step))
                 else:
-                    trial.suggest_float(p.key, float(p.low), float(p.high), log=p.type == "logfloat")
+                    trial.suggest_float(
+                        p.key, float(p.low), float(p.high), log=p.type == "logfloat"
+                    )
         config = self.spec.configuration_for(trial.params)
         trial.set_user_attr("variant", config.variant)
         trial.set_user_attr("overrides", list(config.overrides))
@@ -347,7 +411,12 @@ class SweepDriver:
 
     def _job_overrides(self, flight: TrialInFlight, seed: int) -> list[str]:
         spec, number = self.spec, flight.number
-        tags = {"sweep": spec.name, "trial": number, "seed": seed, "variant": flight.config.variant or "search"}
+        tags = {
+            "sweep": spec.name,
+            "trial": number,
+            "seed": seed,
+            "variant": flight.config.variant or "search",
+        }
         return merge_overrides(
             spec.overrides,
             flight.config.overrides,
@@ -365,20 +434,37 @@ class SweepDriver:
     def _submit(self, number: int, seed: int, resume: bool) -> None:
         flight, spec = self.in_flight[number], self.spec
         job_fn = TrialJob(
-            study_name=spec.name, storage=self.state["storage"], trial_id=flight.trial._trial_id, trial_number=number,
-            seed=seed, overrides=self._job_overrides(flight, seed), out_dir=str(self._trial_dir(number, seed)),
+            study_name=spec.name,
+            storage=self.state["storage"],
+            trial_id=flight.trial._trial_id,
+            trial_number=number,
+            seed=seed,
+            overrides=self._job_overrides(flight, seed),
+            out_dir=str(self._trial_dir(number, seed)),
             metrics=[o.metric for o in spec.objectives],
             report_metric=None if spec.multi_objective else spec.pruner.get("metric", "val/loss"),
-            pruner=dict(spec.pruner), sampler={"type": spec.sampler, "seed": spec.sampler_seed},
-            tracking_uri=self.state["tracking_uri"], experiment=spec.experiment, resume=resume,
+            pruner=dict(spec.pruner),
+            sampler={"type": spec.sampler, "seed": spec.sampler_seed},
+            tracking_uri=self.state["tracking_uri"],
+            experiment=spec.experiment,
+            resume=resume,
             evaluate=spec.evaluate,
-        )  # fmt: skip
+        )
         self.executor.update_parameters(name=f"{spec.name}-t{number}-s{seed}")
         job = self.executor.submit(job_fn)
-        record = {"trial": number, "seed": seed, "kind": self.kind, "launcher": self.launcher,
-                  "folder": str(self.executor.folder), "job_id": str(job.job_id), "resume": resume,
-                  "submitted": time.time()}  # fmt: skip
-        self.state["jobs"][f"{number}-seed{seed}"] = record  # the state file first: never an unrecorded job
+        record = {
+            "trial": number,
+            "seed": seed,
+            "kind": self.kind,
+            "launcher": self.launcher,
+            "folder": str(self.executor.folder),
+            "job_id": str(job.job_id),
+            "resume": resume,
+            "submitted": time.time(),
+        }
+        self.state["jobs"][f"{number}-seed{seed}"] = (
+            record  # the state file first: never an unrecorded job
+        )
         self._save_state()
         flight.trial.set_user_attr(f"job.seed{seed}", record)
         self.active[(number, seed)] = ActiveJob(number, seed, job, self.kind)
@@ -416,7 +502,9 @@ class SweepDriver:
                 if f"result.seed{seed}" in attrs:
                     flight.outcomes[seed] = attrs[f"result.seed{seed}"]
                     continue
-                record = self.state["jobs"].get(f"{frozen.number}-seed{seed}") or attrs.get(f"job.seed{seed}")
+                record = self.state["jobs"].get(f"{frozen.number}-seed{seed}") or attrs.get(
+                    f"job.seed{seed}"
+                )
                 active = self._reattach(record) if record else None
                 if active is not None:
                     self.active[(frozen.number, seed)] = active
@@ -425,7 +513,9 @@ class SweepDriver:
                     self.pending.appendleft((frozen.number, seed, True))
                     adopted.append(f"seed {seed}: resubmitted with trainer.resume=true")
             what = escape("; ".join(adopted)) or "results known"
-            self._log(f"[cyan]trial {frozen.number} adopted[/] ({escape(flight.config.label())}): {what}")
+            self._log(
+                f"[cyan]trial {frozen.number} adopted[/] ({escape(flight.config.label())}): {what}"
+            )
             self._maybe_finish(flight)
 
     # -- polling ------------------------------------------------------------------------------
@@ -446,7 +536,9 @@ class SweepDriver:
                     return None
                 time.sleep(0.5)  # the result file may land just after the process ends
                 if not job.paths.result_pickle.exists():
-                    return self._outcome(active, None, RuntimeError("the job's process ended without a result"))
+                    return self._outcome(
+                        active, None, RuntimeError("the job's process ended without a result")
+                    )
         elif job_state(job) in ("queued", "running"):
             return None
         try:
@@ -455,13 +547,18 @@ class SweepDriver:
             return self._outcome(active, None, err)
 
     def _outcome(self, active: ActiveJob, result: Any, error: BaseException | None) -> dict:
-        base = {"job_id": str(active.job.job_id), "seconds": round(time.time() - active.submitted, 1)}
+        base = {
+            "job_id": str(active.job.job_id),
+            "seconds": round(time.time() - active.submitted, 1),
+        }
         if error is None and isinstance(result, dict) and result.get("state") in (COMPLETE, PRUNED):
             return {**result, **base}
         reason = _reason(error) if error is not None else f"unexpected job result {result!r}"
         error_file = self._trial_dir(active.trial_number, active.seed) / ERROR_FILE
         run_id = None
-        if error_file.exists():  # written by the job: the exception itself, without submitit's wrapping
+        if (
+            error_file.exists()
+        ):  # written by the job: the exception itself, without submitit's wrapping
             info = json.loads(error_file.read_text())
             if info.get("time", 0) >= active.submitted - 1:
                 reason, run_id = f"{info['type']}: {info['message']}"[:500], info.get("run_id")
@@ -477,7 +574,10 @@ class SweepDriver:
         flight.trial.set_user_attr(f"result.seed{seed}", outcome)
         if outcome["state"] == FAIL:
             self._close_failed_run(number, seed, outcome)
-        if outcome["state"] in (FAIL, PRUNED):  # the trial's fate is sealed: do not start its other seeds
+        if outcome["state"] in (
+            FAIL,
+            PRUNED,
+        ):  # the trial's fate is sealed: do not start its other seeds
             for item in [p for p in self.pending if p[0] == number]:
                 self.pending.remove(item)
                 skipped = {"state": SKIPPED, "reason": f"seed {seed} ended {outcome['state']}"}
@@ -492,12 +592,15 @@ class SweepDriver:
 
         try:
             runs = tracking.search_runs(
-                self.spec.experiment, self.state["tracking_uri"],
+                self.spec.experiment,
+                self.state["tracking_uri"],
                 f"tags.mlflow.parentRunId = '{self.state['parent_run_id']}' and tags.trial = '{number}' "
                 f"and tags.seed = '{seed}'",
-            )  # fmt: skip
+            )
         except Exception as err:  # tracking trouble must not stop the sweep
-            self._log(f"[yellow]could not look up the MLflow run of trial {number} seed {seed}: {escape(str(err))}[/]")
+            self._log(
+                f"[yellow]could not look up the MLflow run of trial {number} seed {seed}: {escape(str(err))}[/]"
+            )
             return
         for _, row in runs.iterrows():
             outcome["run_id"] = outcome.get("run_id") or row["run_id"]
@@ -520,22 +623,34 @@ class SweepDriver:
             reason = "; ".join(f"seed {s}: {o['error']}" for s, o in failed)
             trial.set_user_attr("fail_reason", reason)
             self.study.tell(trial, state=TrialState.FAIL)
-            self._log(f"[red]trial {number} FAILED[/] ({escape(flight.config.label())}): {escape(reason)}")
+            self._log(
+                f"[red]trial {number} FAILED[/] ({escape(flight.config.label())}): {escape(reason)}"
+            )
         elif PRUNED in states:
             self.study.tell(trial, state=TrialState.PRUNED)
             why = next(o.get("reason", "") for o in outcomes if o["state"] == PRUNED)
-            self._log(f"[yellow]trial {number} pruned[/] ({escape(flight.config.label())}): {escape(why)}")
+            self._log(
+                f"[yellow]trial {number} pruned[/] ({escape(flight.config.label())}): {escape(why)}"
+            )
         else:
-            values = [_mean([o["values"][obj.metric] for o in outcomes]) for obj in self.spec.objectives]
+            values = [
+                _mean([o["values"][obj.metric] for o in outcomes]) for obj in self.spec.objectives
+            ]
             bad = [o.metric for o, v in zip(self.spec.objectives, values) if not math.isfinite(v)]
             if bad:
                 trial.set_user_attr("fail_reason", f"objective {', '.join(bad)} is not finite")
                 self.study.tell(trial, state=TrialState.FAIL)
-                self._log(f"[red]trial {number} FAILED[/]: objective {', '.join(bad)} is not finite")
+                self._log(
+                    f"[red]trial {number} FAILED[/]: objective {', '.join(bad)} is not finite"
+                )
             else:
                 self.study.tell(trial, values if len(values) > 1 else values[0])
-                shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(self.spec.objectives, values))
-                self._log(f"[green]trial {number} done[/] ({escape(flight.config.label())}): {shown}")
+                shown = ", ".join(
+                    f"{o.metric}={v:.4g}" for o, v in zip(self.spec.objectives, values)
+                )
+                self._log(
+                    f"[green]trial {number} done[/] ({escape(flight.config.label())}): {shown}"
+                )
         self.in_flight.pop(number, None)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -587,7 +702,9 @@ class SweepDriver:
         )
         status = "FAILED"
         try:
-            with SweepProgress(spec.name, self.target, console=self.console, enabled=self.show_progress) as progress:
+            with SweepProgress(
+                spec.name, self.target, console=self.console, enabled=self.show_progress
+            ) as progress:
                 self.progress = progress
                 self._adopt_running()
                 while True:
@@ -632,8 +749,11 @@ class SweepDriver:
         for t in self.study.get_trials(deepcopy=False):
             if t.state.name == "WAITING":
                 continue
-            row: dict[str, Any] = {"trial": t.number, "state": t.state.name,
-                                   "variant": t.user_attrs.get("variant") or ""}  # fmt: skip
+            row: dict[str, Any] = {
+                "trial": t.number,
+                "state": t.state.name,
+                "variant": t.user_attrs.get("variant") or "",
+            }
             for p in spec.space:
                 row[p.key] = t.params.get(p.key, "")
             values = t.values or []
@@ -658,9 +778,16 @@ class SweepDriver:
         if not completed:
             return []
         best = [self.study.best_trial] if not self.spec.multi_objective else self.study.best_trials
-        return [{"trial": t.number, "variant": t.user_attrs.get("variant") or "", "params": dict(t.params),
-                 "values": dict(zip([o.metric for o in self.spec.objectives], t.values)),
-                 "overrides": t.user_attrs.get("overrides", [])} for t in best]  # fmt: skip
+        return [
+            {
+                "trial": t.number,
+                "variant": t.user_attrs.get("variant") or "",
+                "params": dict(t.params),
+                "values": dict(zip([o.metric for o in self.spec.objectives], t.values)),
+                "overrides": t.user_attrs.get("overrides", []),
+            }
+            for t in best
+        ]
 
     def _summarize(self) -> SweepSummary:
         columns, rows = self._rows()
@@ -683,29 +810,49 @@ class SweepDriver:
                 b = best[0]
                 self.parent.log_params({f"best.{k}": v for k, v in b["params"].items()})
                 self.parent.log_metrics({f"best/{k}": v for k, v in b["values"].items()})
-                self.parent.set_tags({"best.trial": b["trial"], "best.variant": b["variant"] or "search",
-                                      "best.overrides": " ".join(b["overrides"])})  # fmt: skip
+                self.parent.set_tags(
+                    {
+                        "best.trial": b["trial"],
+                        "best.variant": b["variant"] or "search",
+                        "best.overrides": " ".join(b["overrides"]),
+                    }
+                )
             elif best:
                 self.parent.set_tags({"pareto.trials": " ".join(str(b["trial"]) for b in best)})
         except Exception as err:  # the summary files are on disk either way
             self._log(f"[yellow]could not log the summary to MLflow: {escape(str(err))}[/]")
         self._save_state()
-        return SweepSummary(self.spec.name, self.out_dir, self.state["storage"], self.state["tracking_uri"],
-                            self.spec.experiment, self.state["parent_run_id"], counts, best, csv_path)  # fmt: skip
+        return SweepSummary(
+            self.spec.name,
+            self.out_dir,
+            self.state["storage"],
+            self.state["tracking_uri"],
+            self.spec.experiment,
+            self.state["parent_run_id"],
+            counts,
+            best,
+            csv_path,
+        )
 
     def _print_summary(self, summary: SweepSummary) -> None:
         c, say = summary.counts, self._log
-        say(f"[bold]sweep {summary.name} finished[/]: {c['done']} done, {c['pruned']} pruned, {c['failed']} failed; "
-            f"table {summary.summary_csv}")  # fmt: skip
+        say(
+            f"[bold]sweep {summary.name} finished[/]: {c['done']} done, {c['pruned']} pruned, {c['failed']} failed; "
+            f"table {summary.summary_csv}"
+        )
         if not summary.best:
             say("[yellow]no trial completed[/]")
         for b in summary.best:
             label = "Pareto-optimal" if len(b["values"]) > 1 else "best"
             values = ", ".join(f"{k}={v:.4g}" for k, v in b["values"].items())
             params = ", ".join(f"{k}={v}" for k, v in b["params"].items())
-            say(f"[green]{label}: trial {b['trial']}[/] ({escape(b['variant'] or 'search space')}): {values}")
+            say(
+                f"[green]{label}: trial {b['trial']}[/] ({escape(b['variant'] or 'search space')}): {values}"
+            )
             say(f"  params: {escape(params)}")
             say(f"  overrides: {escape(' '.join(b['overrides']) or '(the base overrides)')}")
-        say(f"MLflow: {summary.tracking_uri}  experiment {summary.experiment!r}, parent run {summary.parent_run_id}")
+        say(
+            f"MLflow: {summary.tracking_uri}  experiment {summary.experiment!r}, parent run {summary.parent_run_id}"
+        )
         say(f"  open the UI: {_ui_hint(summary.tracking_uri)}")
         say(f"Optuna study {summary.name!r}: {summary.storage}")

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 STATES = ("queued", "running", "done", "pruned", "failed")
 _STYLE = {"queued": "dim", "running": "cyan", "done": "green", "pruned": "yellow", "failed": "red"}
@@ -20,14 +27,21 @@ class SweepProgress:
     the final state are printed.
     """
 
-    def __init__(self, name: str, total: int, *, console: Console | None = None, enabled: bool = True):
+    def __init__(
+        self, name: str, total: int, *, console: Console | None = None, enabled: bool = True
+    ):
         self.console = console or Console()
         self.enabled = enabled
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=self.console,
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=self.console,
             disable=not enabled,
-        )  # fmt: skip
+        )
         self._task = self._progress.add_task(f"sweep {name}", total=total, counts=format_counts({}))
 
     def __enter__(self) -> SweepProgress:

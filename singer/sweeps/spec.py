@@ -21,16 +21,33 @@ from typing import Any
 import yaml
 
 TOP_KEYS = (
-    "name", "description", "overrides", "space", "variants", "sampler", "pruner", "objectives",
-    "seeds", "limits", "launcher", "timeout_min", "max_requeue", "mlflow", "evaluate",
-)  # fmt: skip
+    "name",
+    "description",
+    "overrides",
+    "space",
+    "variants",
+    "sampler",
+    "pruner",
+    "objectives",
+    "seeds",
+    "limits",
+    "launcher",
+    "timeout_min",
+    "max_requeue",
+    "mlflow",
+    "evaluate",
+)
 PARAM_TYPES = {
     "choice": ("type", "values"),
     "int": ("type", "low", "high", "step"),
     "float": ("type", "low", "high"),
     "logfloat": ("type", "low", "high"),
 }
-SAMPLERS = {"grid": ("type", "seed"), "tpe": ("type", "seed", "startup_trials"), "random": ("type", "seed")}
+SAMPLERS = {
+    "grid": ("type", "seed"),
+    "tpe": ("type", "seed", "startup_trials"),
+    "random": ("type", "seed"),
+}
 PRUNERS = {
     "none": ("type",),
     "median": ("type", "metric", "warmup_steps", "startup_trials", "interval_steps"),
@@ -40,8 +57,14 @@ DIRECTIONS = ("minimize", "maximize")
 # What a trial job can return: the trainer's result (singer.trainer.TrainResult) plus any
 # ``eval/...`` metric logged into the trial's MLflow run.
 OBJECTIVE_METRICS = (
-    "val/loss", "val/mse", "train/loss", "final/train_loss", "final/val_loss", "final/val_mse", "final/first_loss",
-)  # fmt: skip
+    "val/loss",
+    "val/mse",
+    "train/loss",
+    "final/train_loss",
+    "final/val_loss",
+    "final/val_mse",
+    "final/first_loss",
+)
 EVAL_PREFIX = "eval/"
 # What the trainer hands its reporter at every validation: the values pruning can look at.
 REPORTED_METRICS = ("val/loss", "val/mse", "train/loss")
@@ -171,7 +194,9 @@ class Configuration:
 
     def label(self) -> str:
         if self.variant:
-            return f"{self.variant} [{' '.join(self.overrides)}]" if self.overrides else self.variant
+            return (
+                f"{self.variant} [{' '.join(self.overrides)}]" if self.overrides else self.variant
+            )
         return " ".join(self.overrides) or "(the base overrides)"
 
 
@@ -196,7 +221,9 @@ class SweepSpec:
     max_requeue: int
     experiment: str
     tracking_uri: str | None
-    evaluate: dict | None = None  # {"protocol": [key=value ...], "split", "bands", "probes"}; None: no evaluation
+    evaluate: dict | None = (
+        None  # {"protocol": [key=value ...], "split", "bands", "probes"}; None: no evaluation
+    )
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived ------------------------------------------------------------------------------
@@ -209,7 +236,10 @@ class SweepSpec:
         return [o.direction for o in self.objectives]
 
     def variant_configurations(self) -> list[Configuration]:
-        return [Configuration(name, {VARIANT_PARAM: name}, tuple(ovr)) for name, ovr in self.variants.items()]
+        return [
+            Configuration(name, {VARIANT_PARAM: name}, tuple(ovr))
+            for name, ovr in self.variants.items()
+        ]
 
     def grid_configurations(self) -> list[Configuration]:
         """Variants first (references early make comparisons and pruning meaningful sooner),
@@ -218,7 +248,11 @@ class SweepSpec:
         if self.space:
             for combo in itertools.product(*(p.grid_values() for p in self.space)):
                 params = {p.key: v for p, v in zip(self.space, combo)}
-                configs.append(Configuration("", params, tuple(p.override(v) for p, v in zip(self.space, combo))))
+                configs.append(
+                    Configuration(
+                        "", params, tuple(p.override(v) for p, v in zip(self.space, combo))
+                    )
+                )
         return configs
 
     def target_trials(self, max_trials: int | None = None) -> int:
@@ -244,7 +278,9 @@ class SweepSpec:
             name = params[VARIANT_PARAM]
             return Configuration(name, dict(params), tuple(self.variants[name]))
         overrides = tuple(p.override(params[p.key]) for p in self.space if p.key in params)
-        return Configuration("", {p.key: params[p.key] for p in self.space if p.key in params}, overrides)
+        return Configuration(
+            "", {p.key: params[p.key] for p in self.space if p.key in params}, overrides
+        )
 
     def identity(self) -> dict:
         """What may not change when a sweep is resumed (trials already run depend on it)."""
@@ -306,30 +342,53 @@ class _Checker:
             text += f"; allowed: {allowed}"
         return SweepSpecError(text)
 
-    def mapping(self, key: str, value: Any, allowed_keys: Sequence[str], required: Sequence[str] = ()) -> dict:
+    def mapping(
+        self, key: str, value: Any, allowed_keys: Sequence[str], required: Sequence[str] = ()
+    ) -> dict:
         if not isinstance(value, Mapping):
-            raise self.error(key, f"must be a mapping, got {type(value).__name__} {value!r}",
-                             f"a mapping with keys {', '.join(allowed_keys)}")  # fmt: skip
+            raise self.error(
+                key,
+                f"must be a mapping, got {type(value).__name__} {value!r}",
+                f"a mapping with keys {', '.join(allowed_keys)}",
+            )
         for k in value:
             if k not in allowed_keys:
-                raise self.error(f"{key}.{k}" if key else str(k), "unknown key", ", ".join(allowed_keys))
+                raise self.error(
+                    f"{key}.{k}" if key else str(k), "unknown key", ", ".join(allowed_keys)
+                )
         for k in required:
             if k not in value:
                 raise self.error(f"{key}.{k}" if key else k, "is required", ", ".join(allowed_keys))
         return dict(value)
 
     def integer(self, key: str, value: Any, low: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-            raise self.error(key, f"got {value!r}", f"an integer >= {low}" if low is not None else "an integer")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or (low is not None and value < low)
+        ):
+            raise self.error(
+                key, f"got {value!r}", f"an integer >= {low}" if low is not None else "an integer"
+            )
         return value
 
     def number(self, key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise self.error(key, f"got {value!r}", "a finite number")
         return value
 
-    def string(self, key: str, value: Any, pattern: re.Pattern | None = None, what: str = "a string") -> str:
-        if not isinstance(value, str) or not value.strip() or (pattern is not None and not pattern.match(value)):
+    def string(
+        self, key: str, value: Any, pattern: re.Pattern | None = None, what: str = "a string"
+    ) -> str:
+        if (
+            not isinstance(value, str)
+            or not value.strip()
+            or (pattern is not None and not pattern.match(value))
+        ):
             raise self.error(key, f"got {value!r}", what)
         return value.strip()
 
@@ -337,12 +396,17 @@ class _Checker:
         if value is None:
             return ()
         if not isinstance(value, list):
-            raise self.error(key, f"must be a list of Hydra override strings, got {value!r}",
-                             "a list such as [trainer=cpu_tiny, frontend.levels=2]")  # fmt: skip
+            raise self.error(
+                key,
+                f"must be a list of Hydra override strings, got {value!r}",
+                "a list such as [trainer=cpu_tiny, frontend.levels=2]",
+            )
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, str) or "=" not in item or not override_key(item):
-                raise self.error(f"{key}[{i}]", f"got {item!r}", "a Hydra override string 'key=value'")
+                raise self.error(
+                    f"{key}[{i}]", f"got {item!r}", "a Hydra override string 'key=value'"
+                )
             self.not_reserved(f"{key}[{i}]", override_key(item))
             out.append(item.strip())
         return tuple(out)
@@ -351,19 +415,25 @@ class _Checker:
         for reserved in RESERVED_KEYS:
             if config_key == reserved or config_key.startswith(reserved + "."):
                 raise self.error(
-                    key, f"sets '{config_key}', which the sweep sets for every job",
+                    key,
+                    f"sets '{config_key}', which the sweep sets for every job",
                     "seeds go in 'seeds', the MLflow experiment in 'mlflow', output dirs are per trial",
-                )  # fmt: skip
+                )
 
 
 def _param(check: _Checker, key: str, value: Any) -> Param:
     where = f"space.{key}"
     if not KEY_PATTERN.match(str(key)):
-        raise check.error(where, "is not a config key", "a dotted Hydra config key such as frontend.levels")
+        raise check.error(
+            where, "is not a config key", "a dotted Hydra config key such as frontend.levels"
+        )
     check.not_reserved(where, str(key))
     if not isinstance(value, Mapping) or "type" not in value:
-        raise check.error(where, f"must be a mapping with a 'type', got {value!r}",
-                          "type: " + " | ".join(PARAM_TYPES))  # fmt: skip
+        raise check.error(
+            where,
+            f"must be a mapping with a 'type', got {value!r}",
+            "type: " + " | ".join(PARAM_TYPES),
+        )
     kind = value["type"]
     if kind not in PARAM_TYPES:
         raise check.error(f"{where}.type", f"unknown type {kind!r}", " | ".join(PARAM_TYPES))
@@ -386,8 +456,11 @@ def _param(check: _Checker, key: str, value: Any) -> Param:
         if low >= high:
             raise check.error(where, f"low={low} >= high={high}", "low < high")
         if (high - low) % step:
-            raise check.error(f"{where}.step", f"step={step} does not divide high - low = {high - low}",
-                              "a step that reaches high from low")  # fmt: skip
+            raise check.error(
+                f"{where}.step",
+                f"step={step} does not divide high - low = {high - low}",
+                "a step that reaches high from low",
+            )
         return Param(key, kind, low=low, high=high, step=step)
     low = check.number(f"{where}.low", value["low"])
     high = check.number(f"{where}.high", value["high"])
@@ -432,11 +505,17 @@ def _evaluate(check: _Checker, value: Any) -> dict | None:
     return {"protocol": overrides, "split": split, **flags}
 
 
-def _metric(check: _Checker, key: str, value: Any, allowed: Sequence[str], eval_prefix: bool) -> str:
-    allowed_text = ", ".join(allowed) + (f", or any '{EVAL_PREFIX}...' metric" if eval_prefix else "")
+def _metric(
+    check: _Checker, key: str, value: Any, allowed: Sequence[str], eval_prefix: bool
+) -> str:
+    allowed_text = ", ".join(allowed) + (
+        f", or any '{EVAL_PREFIX}...' metric" if eval_prefix else ""
+    )
     if not isinstance(value, str):
         raise check.error(key, f"got {value!r}", allowed_text)
-    if value in allowed or (eval_prefix and value.startswith(EVAL_PREFIX) and len(value) > len(EVAL_PREFIX)):
+    if value in allowed or (
+        eval_prefix and value.startswith(EVAL_PREFIX) and len(value) > len(EVAL_PREFIX)
+    ):
         return value
     raise check.error(key, f"unknown metric {value!r}", allowed_text)
 
@@ -452,8 +531,12 @@ def check_launcher(path: Path | str, key: str, launcher: Any, timeout_min: int) 
         if kind == "slurm":
             prof = load_profile(profile)
             if timeout_min > prof.time_min:
-                raise check.error("timeout_min", f"{timeout_min} exceeds time_min={prof.time_min} of SLURM "
-                                  f"profile {profile!r} ({prof.path})", f"at most {prof.time_min}")  # fmt: skip
+                raise check.error(
+                    "timeout_min",
+                    f"{timeout_min} exceeds time_min={prof.time_min} of SLURM "
+                    f"profile {profile!r} ({prof.path})",
+                    f"at most {prof.time_min}",
+                )
     except (LaunchError, ProfileError) as err:
         raise check.error(key, str(err), allowed) from None
     return launcher.strip()
@@ -472,7 +555,9 @@ def _check_composes(check: _Checker, spec: SweepSpec) -> None:
             compose(merge_overrides(spec.overrides, overrides))
         except Exception as err:  # Hydra and config errors alike; report them as the sweep's
             text = " ".join(str(err).split())
-            raise check.error(key, f"{what} does not compose: {type(err).__name__}: {text[:600]}") from None
+            raise check.error(
+                key, f"{what} does not compose: {type(err).__name__}: {text[:600]}"
+            ) from None
 
     attempt("overrides", [], "the base overrides")
     for param in spec.space:
@@ -481,19 +566,28 @@ def _check_composes(check: _Checker, spec: SweepSpec) -> None:
         else:
             tests = [(param.low, param.low), (param.high, param.high)]
         for written, stored in tests:
-            attempt(f"space.{param.key}", [param.override(stored)], f"value {written!r} (override "
-                    f"'{param.override(stored)}')")  # fmt: skip
+            attempt(
+                f"space.{param.key}",
+                [param.override(stored)],
+                f"value {written!r} (override '{param.override(stored)}')",
+            )
     for name, overrides in spec.variants.items():
         attempt(f"variants.{name}", overrides, f"variant {name!r} ({' '.join(overrides)})")
 
 
-def parse_sweep(data: Any, path: Path | str = "<sweep>", *, compose_check: bool = True) -> SweepSpec:
+def parse_sweep(
+    data: Any, path: Path | str = "<sweep>", *, compose_check: bool = True
+) -> SweepSpec:
     """Validate the loaded YAML of a sweep file; see :func:`load_sweep`."""
     path = Path(path)
     check = _Checker(path)
-    data = check.mapping("", data if data is not None else {}, TOP_KEYS, required=("name", "objectives"))
+    data = check.mapping(
+        "", data if data is not None else {}, TOP_KEYS, required=("name", "objectives")
+    )
 
-    name = check.string("name", data["name"], NAME_PATTERN, "letters, digits, '_' and '-' (it names a folder)")
+    name = check.string(
+        "name", data["name"], NAME_PATTERN, "letters, digits, '_' and '-' (it names a folder)"
+    )
     description = str(data.get("description") or "")
     overrides = check.overrides("overrides", data.get("overrides"))
 
@@ -505,18 +599,28 @@ def parse_sweep(data: Any, path: Path | str = "<sweep>", *, compose_check: bool 
     check.mapping("variants", variants_raw, list(variants_raw))
     variants: dict[str, tuple[str, ...]] = {}
     for vname, vover in variants_raw.items():
-        check.string(f"variants.{vname}", str(vname), NAME_PATTERN, "a name of letters, digits, '_' and '-'")
+        check.string(
+            f"variants.{vname}", str(vname), NAME_PATTERN, "a name of letters, digits, '_' and '-'"
+        )
         variants[str(vname)] = check.overrides(f"variants.{vname}", vover)
     if not space and not variants:
-        raise check.error("space", "the sweep has neither a search space nor variants",
-                          "a 'space' mapping of params and/or a 'variants' mapping of override lists")  # fmt: skip
+        raise check.error(
+            "space",
+            "the sweep has neither a search space nor variants",
+            "a 'space' mapping of params and/or a 'variants' mapping of override lists",
+        )
 
     sampler_raw = data.get("sampler", "grid")
-    short = not isinstance(sampler_raw, Mapping)  # `sampler: tpe` is short for `sampler: {type: tpe}`
+    short = not isinstance(
+        sampler_raw, Mapping
+    )  # `sampler: tpe` is short for `sampler: {type: tpe}`
     sampler_raw = {"type": sampler_raw} if short else sampler_raw
     if sampler_raw.get("type") not in SAMPLERS:
-        raise check.error("sampler" if short else "sampler.type", f"unknown sampler {sampler_raw.get('type')!r}",
-                          " | ".join(SAMPLERS))  # fmt: skip
+        raise check.error(
+            "sampler" if short else "sampler.type",
+            f"unknown sampler {sampler_raw.get('type')!r}",
+            " | ".join(SAMPLERS),
+        )
     sampler = sampler_raw["type"]
     check.mapping("sampler", sampler_raw, SAMPLERS[sampler])
     sampler_seed = check.integer("sampler.seed", sampler_raw.get("seed", 0), low=0)
@@ -526,18 +630,26 @@ def parse_sweep(data: Any, path: Path | str = "<sweep>", *, compose_check: bool 
     if sampler == "grid":
         for p in space:
             if p.type not in ("choice", "int"):
-                raise check.error(f"space.{p.key}.type", f"{p.type} params have no grid",
-                                  "choice or int with the grid sampler (or use sampler: tpe | random)")  # fmt: skip
+                raise check.error(
+                    f"space.{p.key}.type",
+                    f"{p.type} params have no grid",
+                    "choice or int with the grid sampler (or use sampler: tpe | random)",
+                )
 
     objectives_raw = data["objectives"]
     if not isinstance(objectives_raw, list) or not objectives_raw:
-        raise check.error("objectives", f"got {objectives_raw!r}",
-                          "a non-empty list of {metric: ..., direction: minimize | maximize}")  # fmt: skip
+        raise check.error(
+            "objectives",
+            f"got {objectives_raw!r}",
+            "a non-empty list of {metric: ..., direction: minimize | maximize}",
+        )
     objectives = []
     for i, item in enumerate(objectives_raw):
         where = f"objectives[{i}]"
         item = check.mapping(where, item, ("metric", "direction"), required=("metric",))
-        metric = _metric(check, f"{where}.metric", item["metric"], OBJECTIVE_METRICS, eval_prefix=True)
+        metric = _metric(
+            check, f"{where}.metric", item["metric"], OBJECTIVE_METRICS, eval_prefix=True
+        )
         direction = item.get("direction", "minimize")
         if direction not in DIRECTIONS:
             raise check.error(f"{where}.direction", f"got {direction!r}", " | ".join(DIRECTIONS))
@@ -546,26 +658,49 @@ def parse_sweep(data: Any, path: Path | str = "<sweep>", *, compose_check: bool 
         raise check.error("objectives", "a metric is listed twice", "distinct metrics")
 
     pruner_raw = data.get("pruner", "none")
-    short = not isinstance(pruner_raw, Mapping)  # `pruner: none` is short for `pruner: {type: none}`
+    short = not isinstance(
+        pruner_raw, Mapping
+    )  # `pruner: none` is short for `pruner: {type: none}`
     pruner_raw = {"type": pruner_raw} if short else pruner_raw
     if pruner_raw.get("type") not in PRUNERS:
-        raise check.error("pruner" if short else "pruner.type", f"unknown pruner {pruner_raw.get('type')!r}",
-                          " | ".join(PRUNERS))  # fmt: skip
+        raise check.error(
+            "pruner" if short else "pruner.type",
+            f"unknown pruner {pruner_raw.get('type')!r}",
+            " | ".join(PRUNERS),
+        )
     pruner = check.mapping("pruner", pruner_raw, PRUNERS[pruner_raw["type"]])
     if pruner["type"] != "none":
-        pruner["metric"] = _metric(check, "pruner.metric", pruner.get("metric", "val/loss"), REPORTED_METRICS,
-                                   eval_prefix=False)  # fmt: skip
-        for k in ("warmup_steps", "startup_trials", "interval_steps", "min_resource", "reduction_factor"):
+        pruner["metric"] = _metric(
+            check,
+            "pruner.metric",
+            pruner.get("metric", "val/loss"),
+            REPORTED_METRICS,
+            eval_prefix=False,
+        )
+        for k in (
+            "warmup_steps",
+            "startup_trials",
+            "interval_steps",
+            "min_resource",
+            "reduction_factor",
+        ):
             if k in pruner:
-                pruner[k] = check.integer(f"pruner.{k}", pruner[k], low=1 if k != "warmup_steps" else 0)
+                pruner[k] = check.integer(
+                    f"pruner.{k}", pruner[k], low=1 if k != "warmup_steps" else 0
+                )
         if "max_resource" in pruner and pruner["max_resource"] != "auto":
-            pruner["max_resource"] = check.integer("pruner.max_resource", pruner["max_resource"], low=1)
+            pruner["max_resource"] = check.integer(
+                "pruner.max_resource", pruner["max_resource"], low=1
+            )
         if len(objectives) > 1:
             raise check.error("pruner.type", "Optuna cannot prune multi-objective studies", "none")
         if objectives[0].direction != "minimize":
-            raise check.error("pruner", f"prunes on {pruner['metric']} (a loss, lower is better) while the "
-                              f"objective {objectives[0].metric} is maximized", "pruner: none, or a "
-                              "minimized objective")  # fmt: skip
+            raise check.error(
+                "pruner",
+                f"prunes on {pruner['metric']} (a loss, lower is better) while the "
+                f"objective {objectives[0].metric} is maximized",
+                "pruner: none, or a minimized objective",
+            )
 
     seeds_raw = data.get("seeds", [0])
     if not isinstance(seeds_raw, list) or not seeds_raw:
@@ -595,17 +730,37 @@ def parse_sweep(data: Any, path: Path | str = "<sweep>", *, compose_check: bool 
     evaluate = _evaluate(check, data.get("evaluate"))
     needs_eval = [o.metric for o in objectives if o.metric.startswith(EVAL_PREFIX)]
     if needs_eval and evaluate is None:
-        raise check.error("objectives", f"{', '.join(needs_eval)} come from the evaluator, but the sweep has "
-                          "no 'evaluate' section", "add evaluate: {protocol: {...}} or use a training "
-                          f"metric ({', '.join(OBJECTIVE_METRICS)})")  # fmt: skip
+        raise check.error(
+            "objectives",
+            f"{', '.join(needs_eval)} come from the evaluator, but the sweep has "
+            "no 'evaluate' section",
+            "add evaluate: {protocol: {...}} or use a training "
+            f"metric ({', '.join(OBJECTIVE_METRICS)})",
+        )
 
     spec = SweepSpec(
-        path=path, name=name, description=description, overrides=overrides, space=space, variants=variants,
-        sampler=sampler, sampler_seed=sampler_seed, tpe_startup_trials=startup, pruner=pruner,
-        objectives=tuple(objectives), seeds=seeds, trials=trials, parallel=parallel, launcher=launcher,
-        timeout_min=timeout_min, max_requeue=max_requeue, experiment=experiment, tracking_uri=tracking_uri,
-        evaluate=evaluate, raw=dict(data),
-    )  # fmt: skip
+        path=path,
+        name=name,
+        description=description,
+        overrides=overrides,
+        space=space,
+        variants=variants,
+        sampler=sampler,
+        sampler_seed=sampler_seed,
+        tpe_startup_trials=startup,
+        pruner=pruner,
+        objectives=tuple(objectives),
+        seeds=seeds,
+        trials=trials,
+        parallel=parallel,
+        launcher=launcher,
+        timeout_min=timeout_min,
+        max_requeue=max_requeue,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        evaluate=evaluate,
+        raw=dict(data),
+    )
     if compose_check:
         _check_composes(check, spec)
     return spec

@@ -51,8 +51,10 @@ def open_storage(spec: str):
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" in spec:
         return optuna.storages.RDBStorage(spec)
-    raise ValueError(f"study storage {spec!r}: use 'journal:<path>' or an RDB URL such as "
-                     "postgresql+psycopg://user@host/db or sqlite:///optuna.db")  # fmt: skip
+    raise ValueError(
+        f"study storage {spec!r}: use 'journal:<path>' or an RDB URL such as "
+        "postgresql+psycopg://user@host/db or sqlite:///optuna.db"
+    )
 
 
 def storage_spec(value: str) -> str:
@@ -85,14 +87,16 @@ def make_pruner(pruner: dict):
         return optuna.pruners.NopPruner()
     if kind == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=pruner.get("startup_trials", 5), n_warmup_steps=pruner.get("warmup_steps", 0),
+            n_startup_trials=pruner.get("startup_trials", 5),
+            n_warmup_steps=pruner.get("warmup_steps", 0),
             interval_steps=pruner.get("interval_steps", 1),
-        )  # fmt: skip
+        )
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=pruner.get("min_resource", 1), max_resource=pruner.get("max_resource", "auto"),
+            min_resource=pruner.get("min_resource", 1),
+            max_resource=pruner.get("max_resource", "auto"),
             reduction_factor=pruner.get("reduction_factor", 3),
-        )  # fmt: skip
+        )
     raise ValueError(f"unknown pruner {kind!r}; use median | hyperband | none")
 
 
@@ -130,12 +134,16 @@ class TrialJob(CheckpointableJob):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Preempted or timed out: requeue this job so that it continues from its checkpoint."""
-        return submitit.helpers.DelayedSubmission(dataclasses.replace(self, resume=True), *args, **kwargs)
+        return submitit.helpers.DelayedSubmission(
+            dataclasses.replace(self, resume=True), *args, **kwargs
+        )
 
     def __call__(self) -> dict:
         out_dir = Path(self.out_dir)
         done = out_dir / RESULT_FILE
-        if done.exists():  # finished before the driver heard of it (driver restarted): report it again
+        if (
+            done.exists()
+        ):  # finished before the driver heard of it (driver restarted): report it again
             return json.loads(done.read_text())
         (out_dir / ERROR_FILE).unlink(missing_ok=True)
 
@@ -156,16 +164,33 @@ class TrialJob(CheckpointableJob):
 
             run_id = trainer.run_id if trainer is not None else None
             if isinstance(err, optuna.TrialPruned):
-                outcome = {"state": PRUNED, "reason": str(err), "run_id": run_id, "step": trainer.step,
-                           "seconds": time.time() - started}  # fmt: skip
+                outcome = {
+                    "state": PRUNED,
+                    "reason": str(err),
+                    "run_id": run_id,
+                    "step": trainer.step,
+                    "seconds": time.time() - started,
+                }
                 self._mark_pruned_run(run_id, str(err))
                 write_json_atomic(done, outcome)
                 return outcome
-            write_json_atomic(out_dir / ERROR_FILE, {"type": type(err).__name__, "message": str(err)[:2000],
-                                                     "run_id": run_id, "time": time.time()})  # fmt: skip
+            write_json_atomic(
+                out_dir / ERROR_FILE,
+                {
+                    "type": type(err).__name__,
+                    "message": str(err)[:2000],
+                    "run_id": run_id,
+                    "time": time.time(),
+                },
+            )
             raise
-        outcome = {"state": COMPLETE, "values": values, "run_id": result.run_id, "step": result.step,
-                   "seconds": time.time() - started}  # fmt: skip
+        outcome = {
+            "state": COMPLETE,
+            "values": values,
+            "run_id": result.run_id,
+            "step": result.step,
+            "seconds": time.time() - started,
+        }
         write_json_atomic(done, outcome)
         return outcome
 
@@ -178,9 +203,11 @@ class TrialJob(CheckpointableJob):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(
-            study_name=self.study_name, storage=open_storage(self.storage), pruner=make_pruner(self.pruner),
+            study_name=self.study_name,
+            storage=open_storage(self.storage),
+            pruner=make_pruner(self.pruner),
             sampler=make_sampler(self.sampler["type"], self.sampler.get("seed", 0)),
-        )  # fmt: skip
+        )
         return optuna.trial.Trial(study, self.trial_id)
 
     def _reporter(self, trial):
@@ -213,14 +240,23 @@ class TrialJob(CheckpointableJob):
         from singer.evaluation import evaluate_checkpoint, load_protocol
 
         result = evaluate_checkpoint(
-            out_dir, protocol=load_protocol(overrides=self.evaluate["protocol"]), split=self.evaluate["split"],
-            bands=self.evaluate["bands"], probes=self.evaluate["probes"], log_mlflow=True, device=cfg.device,
+            out_dir,
+            protocol=load_protocol(overrides=self.evaluate["protocol"]),
+            split=self.evaluate["split"],
+            bands=self.evaluate["bands"],
+            probes=self.evaluate["probes"],
+            log_mlflow=True,
+            device=cfg.device,
             progress=False,
-        )  # fmt: skip
+        )
         return result.mlflow_metrics()
 
-    def _objective_values(self, result, evaluated: dict[str, float] | None = None) -> dict[str, float]:
-        available: dict[str, float] = {k: float(v) for k, v in result.metrics.items() if v is not None}
+    def _objective_values(
+        self, result, evaluated: dict[str, float] | None = None
+    ) -> dict[str, float]:
+        available: dict[str, float] = {
+            k: float(v) for k, v in result.metrics.items() if v is not None
+        }
         available.update(evaluated or {})
         if result.val_loss is not None:
             available["val/loss"] = float(result.val_loss)
@@ -228,7 +264,9 @@ class TrialJob(CheckpointableJob):
             available["val/mse"] = available["final/val_mse"]
         missing = [m for m in self.metrics if m not in available]
         if missing and result.run_id:  # e.g. eval/... metrics logged into the run by an evaluator
-            available.update({k: v for k, v in self._run_metrics(result.run_id).items() if k not in available})
+            available.update(
+                {k: v for k, v in self._run_metrics(result.run_id).items() if k not in available}
+            )
             missing = [m for m in self.metrics if m not in available]
         if missing:
             raise MissingMetricError(
@@ -240,13 +278,18 @@ class TrialJob(CheckpointableJob):
     def _run_metrics(self, run_id: str) -> dict[str, float]:
         from singer import tracking
 
-        runs = tracking.search_runs(self.experiment, self.tracking_uri, f"attributes.run_id = '{run_id}'")
+        runs = tracking.search_runs(
+            self.experiment, self.tracking_uri, f"attributes.run_id = '{run_id}'"
+        )
         if len(runs) == 0:
             return {}
         row = runs.iloc[0]
         # Columns of metrics the run does not have hold NaN; x == x drops them.
-        return {c[len("metrics.") :]: float(row[c]) for c in runs.columns
-                if c.startswith("metrics.") and row[c] == row[c]}  # fmt: skip
+        return {
+            c[len("metrics.") :]: float(row[c])
+            for c in runs.columns
+            if c.startswith("metrics.") and row[c] == row[c]
+        }
 
     def _mark_pruned_run(self, run_id: str | None, reason: str) -> None:
         """The trainer ended the run FAILED (it saw an exception); a pruned run is KILLED."""
