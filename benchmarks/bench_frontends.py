@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         generator = torch.Generator(device=device).manual_seed(args.seed + 1)
         params[name] = (count_parameters(model), count_parameters(model, trainable_only=True))
 
-        def loss_of(model=model, spec=spec, generator=generator):
+        def loss_of(model=model, spec=spec, generator=generator, batch=batch):
             with C.autocast(device, args.precision):
                 return spec.loss(model, batch, generator)[0]
 

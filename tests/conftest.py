@@ -8,6 +8,11 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 import pytest
 
+from tiny import FAST
+
+# Fixtures that live in their own modules.
+pytest_plugins = ["slurm_fixture"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_mlflow(tmp_path, monkeypatch):
@@ -26,3 +31,14 @@ def _few_threads():
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     yield
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """One tiny SynthSing set for the module, generated here so parallel jobs do not wait on it."""
+    from singer.config import compose
+    from singer.trainer import build_datasets
+
+    root = tmp_path_factory.mktemp("synthsing")
+    build_datasets(compose([*FAST, f"data.root={root}"]))
+    return root

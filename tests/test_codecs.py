@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from singer.codecs import SDVAECodec, TinyAECodec, fold_frames
+from singer.codecs import SDVAECodec, fold_frames
 from singer.config import compose
 from singer.registry import CODECS
 from singer.trainer import train

@@ -17,7 +17,7 @@ from singer.data.dataset import (
 )
 from singer.data.media import write_mp4
 from singer.data.prepare import prepare_folder
-from test_media import frame_ids, indexed_frames, tone
+from test_media import frame_ids, indexed_frames
 
 
 @pytest.fixture(scope="module")

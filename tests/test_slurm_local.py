@@ -20,7 +20,7 @@ import pytest
 from singer import launch
 from singer.launch import CheckpointableJob
 
-from slurm_fixture import sacct as _sacct, slurm_cluster  # noqa: F401  (the fixture)
+from slurm_fixture import sacct as _sacct
 
 pytestmark = pytest.mark.slurm
 

@@ -25,34 +25,10 @@ from singer.sweeps.driver import plan_jobs
 from singer.sweeps.spec import SweepSpecError, hydra_value, load_sweep, merge_overrides
 from singer.sweeps.trial import TrialJob, open_storage
 
+from tiny import FAST
+
 REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
-
-# A few steps of a very small model on 6 short clips: seconds per job.
-FAST = [
-    "trainer=cpu_tiny",
-    "trainer.steps=4",
-    "trainer.val_every=2",
-    "trainer.log_every=2",
-    "trainer.ckpt_every=2",
-    "trainer.sample_at_end=false",
-    "trainer.threads=1",
-    "backbone.channels=[8,16,32]",
-    "frontend=mel",
-    "data.synth.clips=6",
-    "data.synth.seconds=2.0",
-]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    """One tiny SynthSing set for the module, generated here so parallel jobs do not wait on it."""
-    from singer.config import compose
-    from singer.trainer import build_datasets
-
-    root = tmp_path_factory.mktemp("synthsing")
-    build_datasets(compose([*FAST, f"data.root={root}"]))
-    return root
 
 
 def write_sweep(path: Path, **fields) -> Path:

@@ -25,8 +25,8 @@ import yaml
 from singer.sweep import main
 from singer.sweeps.trial import open_storage
 
-from slurm_fixture import sacct, slurm_cluster  # noqa: F401  (the fixture)
-from test_sweep import FAST, data_root  # noqa: F401  (the fixture)
+from slurm_fixture import sacct
+from tiny import FAST
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -471,7 +471,9 @@ def _prepare_clips(
             written.append(f"clips/{clip_id}.npz")
             _write_atomic(
                 out / "clips" / f"{clip_id}.npz",
-                lambda handle: np.savez(handle, frames=frames, audio=wave),
+                lambda handle, frames=frames, wave=wave: np.savez(
+                    handle, frames=frames, audio=wave
+                ),
             )
 
             entry = {
