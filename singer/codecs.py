@@ -33,6 +33,9 @@ class Codec(nn.Module):
 
     latent_channels: int = 3
     downsample: int = 1
+    # Whether latents are bounded to [-1, 1] (pixels); unbounded latents must not be clipped
+    # by the sampler (singer.diffusion.diffusion_for_codec).
+    bounded: bool = False
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:  # B×3×F×H×W → B×C×F×h×w
         raise NotImplementedError
@@ -52,6 +55,8 @@ class Codec(nn.Module):
 @CODECS.register("identity")
 class IdentityCodec(Codec):
     """Pixel space: the backbone denoises RGB frames directly."""
+
+    bounded = True
 
     def __init__(self, channels: int = 3):
         super().__init__()

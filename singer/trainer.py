@@ -216,6 +216,28 @@ class _NoRun:
         return lambda *args, **kwargs: None
 
 
+# Parameters whose meaning is "a multiplier around 1" or "a learned stand-in" (MSM/SFM band
+# gains, region weights, null tokens, type vectors): weight decay would pull them to 0.
+NO_DECAY_NAMES = ("gains", "region_weights", "null_", "_type", "logit_")
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay for weight matrices and kernels only. Biases, norms (every 1-D
+    parameter) and the gain/null-token parameters of ``NO_DECAY_NAMES`` are not decayed: the
+    MSM and SFM start at identity (gains 1) and must stay there unless the loss moves them."""
+    decay, keep = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        exempt = param.ndim < 2 or any(key in leaf for key in NO_DECAY_NAMES)
+        (keep if exempt else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": float(weight_decay)},
+        {"params": keep, "weight_decay": 0.0},
+    ]
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {
         k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
@@ -264,6 +286,7 @@ def build_datasets(cfg: DictConfig) -> tuple[Dataset, Dataset, Path]:
         num_frames=cfg.trainer.num_frames,
         motion_frames=max(1, cfg.model.get("motion_frames", 0)),
         val_fraction=data.val_fraction,
+        test_fraction=data.get("test_fraction", 0.0),
         seed=cfg.data.get("split_seed", 0),
         kinds=kinds,
     )
@@ -339,11 +362,13 @@ class Trainer:
                 stacklevel=2,
             )
         self.ema = EMA(self.model, tc.ema_decay)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
         fused = tc.get("fused_adamw", "auto")
         fused = self.device.type == "cuda" if fused in ("auto", None) else bool(fused)
         self.optimizer = torch.optim.AdamW(
-            trainable, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=fused
+            parameter_groups(self.model, tc.weight_decay),
+            lr=tc.lr,
+            betas=tuple(tc.betas),
+            fused=fused,
         )
         warmup = max(1, int(tc.warmup_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -595,7 +620,9 @@ class Trainer:
         """EMA-weight losses over the first ``val_batches`` val batches with fixed noise.
 
         ``val/loss`` is the training objective (min-SNR weighted); ``val/mse`` is unweighted,
-        so it stays comparable across loss weightings (e.g. when a sweep varies γ).
+        so it stays comparable across loss weightings (e.g. when a sweep varies γ). Conditions
+        are never dropped here (``condition_dropout=False``): the classifier-free-guidance coin
+        would only add noise to a number meant to compare checkpoints.
         """
         generator = torch.Generator(device=self.noise_gen.device).manual_seed(
             self.cfg.seed + 12_345
@@ -605,6 +632,7 @@ class Trainer:
             if i >= self.tc.val_batches:
                 break
             batch = _to_device(_resize_batch(batch, self.tc.size), self.device)
+            batch["condition_dropout"] = False
             loss, logs = self._loss(
                 lambda b, g: self.spec.loss(self.ema.model, b, g), batch, generator
             )

@@ -28,3 +28,21 @@ def perturb(
             noise = torch.randn(p.shape, generator=g) * std
             if not skip(name):
                 p.add_(noise)
+
+
+def check_per_sample_dropout(model: torch.nn.Module) -> None:
+    """``audio_keep``/``ref_keep`` False gives a sample exactly what a dropped (None) condition
+    gives it: the backbone's learned null audio token and its absent reference, never a zero
+    tensor. The kept sample is unaffected by its neighbour's drop."""
+    perturb(model)  # the null token and flags must be non-trivial for the check to bite
+    model.eval()
+    x, t, audio, ref, motion = inputs()
+    keep = torch.tensor([True, False])
+    with torch.no_grad():
+        mixed = model(x, t, audio, ref, motion, audio_keep=keep, ref_keep=keep)
+        dropped = model(x[1:], t[1:], None, None, motion[1:])
+        kept = model(x[:1], t[:1], audio[:1], ref[:1], motion[:1])
+        zeroed = model(x[1:], t[1:], audio[1:] * 0, ref[1:] * 0, motion[1:])
+    torch.testing.assert_close(mixed[1:], dropped, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[:1], kept, rtol=1e-5, atol=1e-5)
+    assert (mixed[1:] - zeroed).abs().max() > 1e-3  # zeros are not "absent"

@@ -168,7 +168,7 @@ def test_a_model_that_ignores_audio_has_zero_sensitivity(tiny_cfg, toy_metric, t
     assert len(rows) == len(BANDS) * len(targets)
     assert [r["band"] for r in rows[:: len(targets)]] == [band_label(lo, hi) for lo, hi in BANDS]
     for row in rows:
-        assert set(row) == {"band", "lo_hz", "hi_hz", "target", "delta", "ci_lo", "ci_hi"}
+        assert set(row) == {"band", "lo_hz", "hi_hz", "target", "delta", "ci_lo", "ci_hi", "n"}
         if row["target"].startswith("cue/") and not np.isfinite(row["delta"]):
             continue  # the estimator found no face in that cue's window
         assert abs(row["delta"]) < 1e-9 and row["ci_lo"] <= row["delta"] <= row["ci_hi"], row

@@ -13,7 +13,8 @@ from singer.data.dataset import (
     face_cue_names,
     load_clip,
     read_index,
-    split_sources,
+    clip_group,
+    split_groups,
 )
 from singer.data.media import write_mp4
 from singer.data.prepare import prepare_folder
@@ -135,17 +136,42 @@ def test_split_is_by_source_and_disjoint(cache):
     assert sum(c["source"] == "b.mp4" for c in train.clips + val.clips) == 2
 
 
-def test_split_sources_rules():
-    names = [f"video_{i}.mp4" for i in range(2000)]
-    val = split_sources(names, 0.1)
-    assert 150 < len(val) < 250
-    assert val == split_sources(list(reversed(names)), 0.1)  # order does not matter
-    assert split_sources(names, 0.0) == set()
-    # Tiny data: at least one val source, and never all of them.
-    for pair in (["x.mp4", "y.mp4"], ["p.mp4", "q.mp4", "r.mp4"]):
-        assert len(split_sources(pair, 0.01)) == 1
-        assert 1 <= len(split_sources(pair, 0.99)) < len(pair)
-    assert len(split_sources(["only.mp4"], 0.01)) == 0
+def test_split_groups_rules():
+    def val(groups, fraction):
+        return {g for g, side in split_groups(groups, fraction).items() if side == "val"}
+
+    names = [f"speaker_{i}" for i in range(2000)]
+    assert 150 < len(val(names, 0.1)) < 250
+    assert val(names, 0.1) == val(list(reversed(names)), 0.1)  # order does not matter
+    assert val(names, 0.0) == set()
+    # Tiny data: at least one val group, and never all of them.
+    for pair in (["x", "y"], ["p", "q", "r"]):
+        assert len(val(pair, 0.01)) == 1
+        assert 1 <= len(val(pair, 0.99)) < len(pair)
+    assert len(val(["only"], 0.01)) == 0
+    # A test split is disjoint from val and train, and also never empty when asked for.
+    sides = split_groups(names, 0.1, 0.2)
+    test = {g for g, side in sides.items() if side == "test"}
+    assert 300 < len(test) < 500 and not test & val(names, 0.1)
+    assert set(split_groups(["a", "b", "c"], 0.01, 0.01).values()) == {"train", "val", "test"}
+    with pytest.raises(ValueError, match="sum below 1"):
+        split_groups(names, 0.6, 0.5)
+
+
+def test_speakers_never_span_train_and_held_out_splits(tmp_path):
+    """Two clips per speaker (as SynthSing has): a val speaker's clips are all in val."""
+    records = [
+        {"clip_id": f"c{i}", "source": f"clip_{i}.mp4", "speaker_id": f"spk{i // 2:03d}"}
+        for i in range(40)
+    ]
+    sides = split_groups([clip_group(r) for r in records], 0.3, 0.2)
+    by_speaker: dict[str, set[str]] = {}
+    for record in records:
+        by_speaker.setdefault(record["speaker_id"], set()).add(sides[clip_group(record)])
+    assert all(len(s) == 1 for s in by_speaker.values())
+    assert {"train", "val", "test"} == set().union(*by_speaker.values())
+    # Without a speaker id, the source video is the group.
+    assert clip_group({"source": "a.mp4", "speaker_id": None}) == "source:a.mp4"
 
 
 def test_cues_carry_truth_and_kinds_filter(cache):
@@ -193,6 +219,6 @@ def test_clips_are_memory_mapped_and_pickle_without_maps(cache):
 
 def test_clear_errors_for_bad_arguments(cache):
     with pytest.raises(ValueError, match="split"):
-        ClipDataset(cache, split="test")
+        ClipDataset(cache, split="holdout")
     with pytest.raises(ValueError, match="no train windows"):
         ClipDataset(cache, num_frames=500)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from backbone_helpers import N_TOKENS, inputs, perturb
+from backbone_helpers import N_TOKENS, check_per_sample_dropout, inputs, perturb
 from singer.backbones.dit import TokenLayout, VideoDiT
 from singer.config import compose
 from singer.data.synth import CUES
@@ -273,10 +273,14 @@ def test_grad_checkpointing_same_loss_and_grads(attention):
     perturb(model)
     x, t, audio, ref, motion = inputs()
     masks = torch.rand(2, 3, 4, 32, 32).softmax(dim=1)
+    keep = torch.tensor(
+        [True, False]
+    )  # one sample with dropped conditions: every parameter is used
 
     def loss_and_grads():
         model.zero_grad(set_to_none=True)
-        loss = model(x, t, audio, ref, motion, region_masks=masks).pow(2).mean()
+        out = model(x, t, audio, ref, motion, region_masks=masks, audio_keep=keep, ref_keep=keep)
+        loss = out.pow(2).mean()
         loss.backward()
         return loss.detach(), {
             n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
@@ -446,3 +450,8 @@ def test_cpu_tiny_training_with_dit_reduces_the_loss(data_root, tmp_path):
 @pytest.mark.parametrize("model", ["hallo", "aniportrait", "talking_singer"])
 def test_baselines_take_dit_as_their_backbone(model):
     _one_loss([f"model={model}"])
+
+
+@pytest.mark.parametrize("attention", ["factorised", "full"])
+def test_per_sample_dropout_is_the_learned_absent_condition(attention):
+    check_per_sample_dropout(make(attention=attention))

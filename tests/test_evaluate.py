@@ -30,8 +30,9 @@ TRAIN = [
     "trainer.sample_at_end=false",
     "trainer.threads=1",
     "backbone.channels=[8,16,32]",
-    "data.synth.clips=6",
+    "data.synth.clips=8",
     "data.synth.seconds=2.0",
+    "data.val_fraction=0.5",  # 2 held-out speakers: intervals need at least 2 units
     "tracking.experiment=t-evaluate",
 ]
 MODELS = {
@@ -126,7 +127,10 @@ def test_cli_writes_resolved_protocol_and_logs_eval_metrics(trained, first_eval,
     assert {"ssim", "psnr", "fid_offline", "motion/face_rate", "audio/rms_db"} <= set(metrics)
     assert -1 <= metrics["ssim"] <= 1 and metrics["psnr"] > 0 and metrics["fid_offline"] >= 0
     lo, hi = data["ci"]["ssim"]
-    assert lo <= metrics["ssim"] <= hi  # per-clip metrics carry a bootstrap CI over clips
+    assert lo <= metrics["ssim"] <= hi  # per-clip metrics carry a bootstrap CI over speakers
+    assert data["n"]["ssim"] == 2 and data["unit"] == "speakers"
+    assert len(set(data["unit_of_clip"].values())) == 2  # the 2 clips are 2 held-out speakers
+    assert set(data["units"]["ssim"]) == set(data["unit_of_clip"].values())
     assert data["bands"] is None and data["probes"] is None
 
     run = MlflowClient(store).get_run(run_id)
@@ -372,7 +376,7 @@ def test_bands_and_probes_write_heatmaps_and_tables_with_cis_and_log_them(
     bands = read_json(tmp_path / "band_sensitivity.json")
     assert {r["band"] for r in bands} == {"0-1kHz", "1k-4kHz", "4k-8kHz"}
     for row in bands:
-        assert set(row) == {"band", "lo_hz", "hi_hz", "target", "delta", "ci_lo", "ci_hi"}
+        assert set(row) == {"band", "lo_hz", "hi_hz", "target", "delta", "ci_lo", "ci_hi", "n"}
         if row["delta"] is not None:
             assert row["ci_lo"] <= row["delta"] <= row["ci_hi"], row
     pixel = [r["delta"] for r in bands if r["target"] == "pixel_l1"]
@@ -383,7 +387,17 @@ def test_bands_and_probes_write_heatmaps_and_tables_with_cis_and_log_them(
     assert {r["band"] for r in probes} == {"full", "0-1kHz", "1k-4kHz", "4k-8kHz"}
     assert {r["cue"] for r in probes} >= {"mouth_open", "brow", "sway"}
     for row in probes:
-        assert set(row) == {"frontend", "band", "lo_hz", "hi_hz", "cue", "r2", "ci_lo", "ci_hi"}
+        assert set(row) == {
+            "frontend",
+            "band",
+            "lo_hz",
+            "hi_hz",
+            "cue",
+            "r2",
+            "ci_lo",
+            "ci_hi",
+            "n",
+        }
         if row["r2"] is not None:
             assert row["ci_lo"] <= row["r2"] <= row["ci_hi"] and row["r2"] <= 1.0, row
     data = read_json(tmp_path / "metrics.json")

@@ -323,3 +323,28 @@ def test_generate_reports_unreadable_inputs(data_root, tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr
+
+
+def test_weight_decay_spares_gains_norms_biases_and_null_tokens():
+    """AdamW decay would pull the MSM/SFM gains (identity = 1) towards 0 even with no gradient."""
+    from singer.models.spec import get_model_spec
+    from singer.trainer import parameter_groups
+
+    cfg = compose(["trainer=cpu_tiny", "frontend=msm", "backbone.channels=[8,16,32]"])
+    model = get_model_spec("singer").build(cfg)
+    decay, keep = parameter_groups(model, weight_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    kept = {names[id(p)] for p in keep["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert any(n.endswith("gains") for n in kept) and not any(n.endswith("gains") for n in decayed)
+    assert any("null_audio" in n for n in kept)
+    assert all(not n.endswith("bias") for n in decayed)
+    assert any(n.endswith("conv_in.weight") for n in decayed)
+    assert keep["weight_decay"] == 0.0 and decay["weight_decay"] == 0.5
+
+    gains = [p for n, p in model.named_parameters() if n.endswith("gains")]
+    optimizer = torch.optim.AdamW([decay, keep], lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert all(torch.equal(g, torch.ones_like(g)) for g in gains)  # untouched without a gradient

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from backbone_helpers import inputs, perturb
+from backbone_helpers import check_per_sample_dropout, inputs, perturb
 from singer.backbones import UNet3D, build_bottleneck_filter
 from singer.backbones.blocks import FrameTransformer
 from singer.registry import BACKBONES
@@ -303,3 +303,7 @@ def test_region_masks_gate_audio_and_weights_learn():
     assert all(blk.audio_region_weights.grad.abs().sum() > 0 for blk in blocks)
     with pytest.raises(ValueError, match="region_masks must be"):
         model(x, t, audio, ref, motion, region_masks=masks[:, :2])
+
+
+def test_per_sample_dropout_is_the_learned_absent_condition():
+    check_per_sample_dropout(make())

@@ -18,9 +18,9 @@ from baselines.aniportrait.motion import (
     render_motion,
 )
 from singer.backbones.blocks import sinusoidal_embedding
-from singer.diffusion import GaussianDiffusion, cfg_combine, drop_conditions
+from singer.diffusion import GaussianDiffusion, cfg_combine, diffusion_for_codec, drop_conditions
 from singer.models.singer import _kwargs
-from singer.models.spec import Conditions, component_init
+from singer.models.spec import Conditions, component_init, dropout_on
 from singer.registry import BACKBONES, CODECS, FRONTENDS
 
 STAGES = ("both", "audio2motion", "motion2video")
@@ -168,9 +168,12 @@ class AniPortrait(nn.Module):
         return render_motion(motion, latent_shape[-2], latent_shape[-1])
 
     def _denoise(self, x_t, t, pose, ref, context, pose_keep, ref_keep):
+        # The pose image has no learned "absent" input: a dropped pose is a zero image. The
+        # reference uses the backbone's own absent-reference input.
         pose = pose * pose_keep.to(pose.dtype).view(-1, 1, 1, 1, 1)
-        ref = ref * ref_keep.to(ref.dtype).view(-1, 1, 1, 1)
-        return self.backbone(torch.cat([x_t, pose.to(x_t.dtype)], dim=1), t, None, ref, context)
+        return self.backbone(
+            torch.cat([x_t, pose.to(x_t.dtype)], dim=1), t, None, ref, context, ref_keep=ref_keep
+        )
 
     def video_loss(self, batch: dict, motion: torch.Tensor, generator=None):
         video = batch["video"]
@@ -179,8 +182,12 @@ class AniPortrait(nn.Module):
         ref = self._with_zero_motion(self.codec.encode_frames(batch["ref"]))
         context = self._context(batch.get("motion"))
         b = video.shape[0]
-        pose_keep = ~drop_conditions(b, self.pose_dropout, generator).to(video.device)
-        ref_keep = ~drop_conditions(b, self.ref_dropout, generator).to(video.device)
+        pose_keep = ~drop_conditions(b, self.pose_dropout * dropout_on(batch), generator).to(
+            video.device
+        )
+        ref_keep = ~drop_conditions(b, self.ref_dropout * dropout_on(batch), generator).to(
+            video.device
+        )
 
         def denoise(x_t, t):
             return self._denoise(x_t, t, pose, ref, context, pose_keep, ref_keep)
@@ -324,7 +331,7 @@ def build_aniportrait(cfg) -> AniPortrait:
         audio2motion,
         backbone,
         codec,
-        GaussianDiffusion(**_kwargs(mc.diffusion)),
+        diffusion_for_codec(_kwargs(mc.diffusion), codec),
         stage=str(mc.stage),
         motion_loss_weight=float(mc.motion_loss_weight),
         pose_dropout=float(mc.pose_dropout),

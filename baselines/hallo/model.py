@@ -11,7 +11,7 @@ import torch
 from baselines.hallo.regions import GEOMETRIES, REGIONS, region_masks
 from singer.diffusion import GaussianDiffusion, drop_conditions
 from singer.models.singer import AudioDrivenDiffusion, build_audio_driven_diffusion
-from singer.models.spec import Conditions
+from singer.models.spec import Conditions, dropout_on
 
 
 def region_weighted_loss(
@@ -122,9 +122,16 @@ class HalloDiffusion(AudioDrivenDiffusion):
     def _denoise(self, x_t, t, audio, ref, motion, audio_keep, ref_keep):
         num_frames = x_t.shape[2]
         tokens = self.frontend(audio, num_frames, x_t=x_t, t=t)
-        tokens = tokens * audio_keep.to(tokens.dtype).view(-1, 1, 1, 1)
-        ref = ref * ref_keep.to(ref.dtype).view(-1, 1, 1, 1)
-        return self.backbone(x_t, t, tokens, ref, motion, region_masks=self._masks)
+        return self.backbone(
+            x_t,
+            t,
+            tokens,
+            ref,
+            motion,
+            region_masks=self._masks,
+            audio_keep=audio_keep,
+            ref_keep=ref_keep,
+        )
 
     def training_loss(self, batch: dict, generator: torch.Generator | None = None):
         video = batch["video"]
@@ -138,8 +145,12 @@ class HalloDiffusion(AudioDrivenDiffusion):
             x0 = self.codec.encode(video)
             ref = self.codec.encode_frames(batch["ref"])
             motion = self._motion(batch.get("motion"))
-            audio_keep = ~drop_conditions(b, self.audio_dropout, generator).to(video.device)
-            ref_keep = ~drop_conditions(b, self.ref_dropout, generator).to(video.device)
+            audio_keep = ~drop_conditions(b, self.audio_dropout * dropout_on(batch), generator).to(
+                video.device
+            )
+            ref_keep = ~drop_conditions(b, self.ref_dropout * dropout_on(batch), generator).to(
+                video.device
+            )
             lam = torch.tensor(self.loss_weights, device=video.device).view(1, -1, 1, 1, 1)
             pixel_weight = 1.0 + (masks * lam).sum(dim=1, keepdim=True)  # B×1×F×H×W
             if tuple(pixel_weight.shape[-2:]) != tuple(x0.shape[-2:]):  # a latent codec

@@ -34,7 +34,7 @@ Conditions (``None`` = dropped, for classifier-free guidance), as in ``unet3d``:
   prepended to every frame's tokens, so the spatial attention of each frame reads the identity;
   every frame's copy then evolves with that frame (and shares its conditioning).
   ``full``: the reference tokens are prepended once to the clip's sequence, conditioned like a
-  clean frame (t = 0, frame type "reference"). Dropped → no reference tokens.
+  clean frame (t = 0, frame type "reference"). Dropped → the learned null reference token at every reference position.
 * **motion frames** ``B×C×M×H×W``: prepended as clean context frames (timestep embedding of
   t = 0, frame type "context", null audio). The output holds only the F generated frames, and
   generated frames always sit at frame positions ``M..M+F-1``, with or without context frames.
@@ -347,6 +347,8 @@ class VideoDiT(nn.Module):
         if reference:
             self.ref_embed = patch_embed(in_channels)
             self.ref_type = nn.Parameter(torch.zeros(hidden_size))
+            # Stands in for the patch tokens of a dropped reference (per-sample dropout).
+            self.null_ref = nn.Parameter(torch.zeros(hidden_size))
         self.time_embed = TimestepEmbedding(hidden_size, hidden_size)
         self.frame_type_embed = nn.Embedding(3, hidden_size)  # generated | context | reference
         if audio_attention:
@@ -449,11 +451,24 @@ class VideoDiT(nn.Module):
         time = sinusoidal_embedding(positions.float() / pt, self.hidden_size)
         return tokens + (grid[None] + time[:, None]).to(tokens.dtype)
 
-    def embed_reference(self, ref: torch.Tensor) -> torch.Tensor:
-        """Reference ``B×C×H×W`` → reference tokens ``B×L×D`` (patches + 2-D positions + type)."""
-        tokens = self.ref_embed(ref)
-        h, w = ref.shape[-2:]
-        grid = sincos_2d(h // self.patch_size, w // self.patch_size, self.hidden_size, ref.device)
+    def embed_reference(
+        self, ref: torch.Tensor | None, *, batch: int = 0, size=(0, 0), dtype=None
+    ) -> torch.Tensor:
+        """Reference ``B×C×H×W`` → reference tokens ``B×L×D`` (patches + 2-D positions + type).
+
+        ``ref=None``: the tokens of an absent reference for ``batch`` frames of ``size`` (H, W),
+        the learned null token at every patch position.
+        """
+        if ref is None:
+            h, w = size
+            count = (h // self.patch_size) * (w // self.patch_size)
+            tokens = self.null_ref.to(dtype).expand(batch, count, -1)
+        else:
+            tokens = self.ref_embed(ref)
+            h, w = ref.shape[-2:]
+        grid = sincos_2d(
+            h // self.patch_size, w // self.patch_size, self.hidden_size, tokens.device
+        )
         return tokens + (grid + self.ref_type).to(tokens.dtype)
 
     def unpatchify(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -473,6 +488,8 @@ class VideoDiT(nn.Module):
         ref: torch.Tensor | None = None,
         motion: torch.Tensor | None = None,
         region_masks: torch.Tensor | None = None,
+        audio_keep: torch.Tensor | None = None,
+        ref_keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoiser output for the F generated frames.
 
@@ -480,10 +497,13 @@ class VideoDiT(nn.Module):
             x_t: noisy video ``B×C×F×H×W``.
             t: diffusion timesteps ``B`` (int64; a scalar is broadcast).
             audio: audio tokens ``B×F×N×D`` or ``None`` (dropped → learned null token).
-            ref: reference frame ``B×C×H×W`` or ``None`` (dropped → no reference tokens).
+            ref: reference frame ``B×C×H×W`` or ``None`` (dropped → null reference tokens).
             motion: clean context frames ``B×C×M×H×W`` or ``None`` (dropped → no context).
             region_masks: ``B×R×F×H×W`` soft masks gating the audio attention (any H×W), or
                 ``None`` (ungated). Ignored unless ``audio_regions=R > 0``.
+            audio_keep / ref_keep: ``B`` bool, per-sample condition dropout (classifier-free
+                guidance): False → that sample gets the learned null audio token / the learned
+                null reference token at every reference position. ``None`` keeps all.
 
         Returns:
             ``B×C_out×F×H×W``.
@@ -521,9 +541,17 @@ class VideoDiT(nn.Module):
         cond = torch.where(is_context, clean[:, None], temb) + self.frame_type_embed(types)
 
         # Reference tokens: prepended to each frame (factorised) or to the clip (full).
+        # A dropped reference (None, or ref_keep False) is the learned null token at every
+        # reference position, so "absent" looks the same however it was dropped.
         prefix = 0
-        if ref is not None:
-            ref_tokens = self.embed_reference(ref.to(dtype))  # B×L×D
+        if self.reference:
+            null_ref = self.embed_reference(None, batch=b, size=(h, w), dtype=dtype)  # B×L×D
+            if ref is None:
+                ref_tokens = null_ref
+            else:
+                ref_tokens = self.embed_reference(ref.to(dtype))
+                if ref_keep is not None:
+                    ref_tokens = torch.where(ref_keep.view(b, 1, 1), ref_tokens, null_ref)
             if factorised:
                 prefix = length
                 tokens = torch.cat(
@@ -542,6 +570,10 @@ class VideoDiT(nn.Module):
         if self.audio_attention:
             null = self.null_audio.to(dtype)
             tokens_a = audio.to(dtype) if audio is not None else null.expand(b, f, 1, -1)
+            if audio is not None and audio_keep is not None:
+                tokens_a = torch.where(
+                    audio_keep.view(b, 1, 1, 1), tokens_a, null.expand_as(tokens_a)
+                )
             if m:
                 tokens_a = torch.cat([null.expand(b, m, tokens_a.shape[2], -1), tokens_a], dim=1)
             context = tokens_a.reshape(b * num_groups, pt * tokens_a.shape[2], self.audio_dim)

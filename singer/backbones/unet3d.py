@@ -227,6 +227,8 @@ class UNet3D(nn.Module):
         ref: torch.Tensor | None = None,
         motion: torch.Tensor | None = None,
         region_masks: torch.Tensor | None = None,
+        audio_keep: torch.Tensor | None = None,
+        ref_keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoiser output for the F generated frames.
 
@@ -238,6 +240,9 @@ class UNet3D(nn.Module):
             motion: clean context frames ``B×C×M×H×W`` or ``None`` (dropped → no context).
             region_masks: ``B×R×F×H×W`` soft masks gating the audio attention (any H×W; resized
                 to every level), or ``None`` (ungated). Ignored unless ``audio_regions=R > 0``.
+            audio_keep / ref_keep: ``B`` bool, per-sample condition dropout (classifier-free
+                guidance): False → that sample gets the learned null audio token / an absent
+                reference (zero channels, flag 0), exactly as a ``None`` condition. ``None`` keeps all.
 
         Returns:
             ``B×C_out×F×H×W``.
@@ -263,7 +268,10 @@ class UNet3D(nn.Module):
             if ref is None:  # dropped: a zero image with the presence flag at 0
                 ref_in = x_t.new_zeros(b, c + 1, h, w)
             else:
-                ref_in = torch.cat([ref.to(dtype), x_t.new_ones(b, 1, h, w)], dim=1)
+                present = x_t.new_ones(b, 1, h, w)
+                if ref_keep is not None:
+                    present = present * ref_keep.to(dtype).view(b, 1, 1, 1)
+                ref_in = torch.cat([ref.to(dtype) * present, present], dim=1)
             x = torch.cat([x, ref_in.repeat_interleave(total, dim=0)], dim=1)
 
         # Per-frame embedding: the timestep (0 for clean context frames) + the frame type.
@@ -284,6 +292,8 @@ class UNet3D(nn.Module):
         if self.audio_attention:
             null = self.null_audio.to(dtype)
             tokens = audio.to(dtype) if audio is not None else null.expand(b, f, 1, -1)
+            if audio is not None and audio_keep is not None:
+                tokens = torch.where(audio_keep.view(b, 1, 1, 1), tokens, null.expand_as(tokens))
             if m:
                 tokens = torch.cat([null.expand(b, m, tokens.shape[2], -1), tokens], dim=1)
             context = tokens.reshape(b * total, tokens.shape[2], self.audio_dim)

@@ -3,12 +3,14 @@
 Every clip is cut into fixed windows of ``num_frames``; item ``i`` is always the same window
 with the same reference frame, so runs are reproducible without hidden random state.
 
-Split. Sources (original video files) are assigned to train or val by a stable hash of their
-path, so all clips of one video land on the same side. The assignment is made over every
-source in the cache before ``kinds`` filters, so a source never switches sides between
-configurations. With tiny data the hash may leave a side empty: when ``val_fraction > 0`` and
-there are at least two sources, the source with the lowest hash is moved into val (or the one
-with the highest hash into train), so both sides always have at least one source.
+Split: by speaker. Every clip belongs to a group, its ``speaker_id`` (SynthSing's speakers; for
+your own videos the id ``prepare`` took from a sidecar file or a filename pattern), or its source
+video when no speaker is known. Groups are assigned to train, val or test by a stable hash of
+the group id, so every clip of one speaker lands on the same side: val and test speakers never
+appear in training. The assignment is made over every group in the cache before ``kinds``
+filters, so a speaker never switches sides between configurations. With tiny data the hash may
+leave a held-out side empty: each held-out split with a fraction > 0 takes at least one group
+(the lowest-ranked train group), and at least one group always stays in train.
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from singer.data.identity import identity_vector
 from singer.data.media import fit_length
 
 # The default collate already does what we need: tensors are stacked, bools become a bool
 # tensor, ints an int64 tensor, and strings (clip_id, kind) lists of strings.
 collate = default_collate
 
-SPLITS = ("train", "val", "all")
+SPLITS = ("train", "val", "test", "all")
 
 # Same names and order as ``singer.data.synth.FACE_CUES``; used only if that module is absent.
 _FALLBACK_FACE_CUES = ("mouth_open", "mouth_width", "brow", "sway", "eye_close", "nod")
+# The audio causes of SynthSing's truth (``singer.data.synth.AUDIO_CAUSES``), in this order.
+CAUSES = ("loudness", "pitch", "vibrato_phase", "f2", "held", "onset")
 
 
 def face_cue_names() -> tuple[str, ...]:
@@ -62,16 +67,40 @@ def _unit_hash(text: str) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def split_sources(sources: list[str], val_fraction: float) -> set[str]:
-    """The sources that belong to the validation split (see the module docstring)."""
-    ranked = sorted(set(sources), key=_unit_hash)
-    val = {source for source in ranked if _unit_hash(source) < val_fraction}
-    if val_fraction > 0 and len(ranked) >= 2:
-        if not val:
-            val = {ranked[0]}
-        elif len(val) == len(ranked):
-            val.discard(ranked[-1])
-    return val
+def clip_group(record: dict) -> str:
+    """The unit a clip is split and resampled by: its speaker, else its source video."""
+    speaker = record.get("speaker_id")
+    return f"speaker:{speaker}" if speaker not in (None, "") else f"source:{record['source']}"
+
+
+def split_groups(
+    groups: list[str], val_fraction: float, test_fraction: float = 0.0
+) -> dict[str, str]:
+    """``{group: "train" | "val" | "test"}`` for every distinct group (see the module docstring).
+
+    A group's hash ``u`` in [0, 1) puts it in val when ``u < val_fraction``, in test when
+    ``val_fraction <= u < val_fraction + test_fraction``, else in train.
+    """
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"val_fraction and test_fraction must be >= 0 with a sum below 1, "
+            f"got {val_fraction} and {test_fraction}"
+        )
+    ranked = sorted(set(groups), key=_unit_hash)
+    side = {}
+    for group in ranked:
+        u = _unit_hash(group)
+        side[group] = (
+            "val" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"
+        )
+    if ranked and "train" not in side.values():  # the highest-ranked group trains
+        side[ranked[-1]] = "train"
+    for split, fraction in (("val", val_fraction), ("test", test_fraction)):
+        if fraction > 0 and split not in side.values():
+            train = [g for g in ranked if side[g] == "train"]
+            if len(train) >= 2:  # the lowest-ranked train group moves; one always stays
+                side[train[0]] = split
+    return side
 
 
 def _npz_memmap(path: Path, name: str) -> np.ndarray | None:
@@ -132,6 +161,9 @@ class ClipDataset(Dataset):
       its first frame is repeated in front
     - ``cues`` ``F×K`` float32 per-frame truth in :func:`face_cue_names` order (zeros without truth)
     - ``has_cues`` bool, ``clip_id`` str, ``kind`` str, ``start`` int (first frame in the clip)
+    - ``causes`` ``F×C`` float32 SynthSing audio causes in :data:`CAUSES` order (zeros without)
+    - ``identity`` ``IDENTITY_DIM`` float32 SynthSing look (zeros without), ``has_identity`` bool
+    - ``speaker_id`` str: the clip's split and statistics unit (:func:`clip_group`)
 
     Arrays are memory-mapped on first use and kept per process (each DataLoader worker keeps
     its own), so loading a window reads only its bytes.
@@ -145,6 +177,7 @@ class ClipDataset(Dataset):
         motion_frames: int = 2,
         split: str = "train",
         val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
         seed: int = 0,
         kinds: list[str] | tuple[str, ...] | None = None,
         stride: int | None = None,
@@ -172,11 +205,11 @@ class ClipDataset(Dataset):
         ((self.fps, self.sample_rate),) = rates
         self.num_samples = round(self.num_frames * self.sample_rate / self.fps)
 
-        self.val_sources = split_sources([r["source"] for r in records], val_fraction)
-        if split == "train":
-            records = [r for r in records if r["source"] not in self.val_sources]
-        elif split == "val":
-            records = [r for r in records if r["source"] in self.val_sources]
+        self.group_split = split_groups(
+            [clip_group(r) for r in records], val_fraction, test_fraction
+        )
+        if split != "all":
+            records = [r for r in records if self.group_split[clip_group(r)] == split]
         if kinds is not None:
             wanted = {str(kind) for kind in kinds}
             records = [r for r in records if r.get("kind", "unknown") in wanted]
@@ -184,27 +217,28 @@ class ClipDataset(Dataset):
         self.clips = records
         self.windows: list[tuple[int, int]] = []  # (position in self.clips, first frame)
         self._cues: list[np.ndarray | None] = []
+        self._causes: list[np.ndarray | None] = []
         for position, clip in enumerate(records):
             last_start = int(clip["num_frames"]) - self.num_frames
             self.windows.extend(
                 (position, start) for start in range(0, last_start + 1, self.stride)
             )
-            self._cues.append(self._cue_matrix(clip))
-        if not self.windows and split != "val":
+            self._cues.append(self._truth_matrix(clip, self.cue_names))
+            self._causes.append(self._truth_matrix(clip, CAUSES))
+        if not self.windows and split == "train":
             raise ValueError(
                 f"no {split} windows of {self.num_frames} frames in {self.cache_dir} "
                 f"({len(records)} clips after the split and kinds filters)"
             )
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def _cue_matrix(self, clip: dict) -> np.ndarray | None:
-        """``F_clip×K`` truth of one clip, or None when it lacks any of the face cues."""
+    @staticmethod
+    def _truth_matrix(clip: dict, names) -> np.ndarray | None:
+        """``F_clip×len(names)`` truth of one clip, or None when it lacks any of ``names``."""
         truth = clip.get("truth") or {}
-        if not all(name in truth for name in self.cue_names):
+        if not all(name in truth for name in names):
             return None
-        return np.stack(
-            [np.asarray(truth[name], dtype=np.float32) for name in self.cue_names], axis=1
-        )
+        return np.stack([np.asarray(truth[name], dtype=np.float32) for name in names], axis=1)
 
     def __getstate__(self):
         # Memory maps are per process; a DataLoader worker opens its own.
@@ -248,6 +282,12 @@ class ClipDataset(Dataset):
             window_cues = cues[start:stop]
         else:
             window_cues = np.zeros((self.num_frames, len(self.cue_names)), dtype=np.float32)
+        causes = self._causes[position]
+        window_causes = (
+            causes[start:stop]
+            if causes is not None
+            else np.zeros((self.num_frames, len(CAUSES)), np.float32)
+        )
         return {
             "video": to_video(frames[start:stop]),
             "audio": torch.from_numpy(np.array(wave, dtype=np.float32)),
@@ -257,7 +297,11 @@ class ClipDataset(Dataset):
             else torch.zeros(3, 0, *frames.shape[1:3]),
             "cues": torch.from_numpy(np.array(window_cues, dtype=np.float32)),
             "has_cues": cues is not None,
+            "causes": torch.from_numpy(np.array(window_causes, dtype=np.float32)),
+            "identity": torch.from_numpy(identity_vector(clip.get("identity"))),
+            "has_identity": bool(clip.get("identity")),
             "clip_id": str(clip["clip_id"]),
+            "speaker_id": clip_group(clip),
             "kind": str(clip.get("kind") or "unknown"),
             "start": int(start),
         }

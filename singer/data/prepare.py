@@ -22,7 +22,9 @@ killed run loses at most the files in progress, and a re-run skips every file wh
 (path, size, mtime) and settings are unchanged.
 
 When a folder under ``src`` holds a SynthSing ``meta.jsonl``, each listed file's ``kind``,
-``speaker_id`` and per-frame ``truth`` travel into the index, sliced to each clip's frames.
+``speaker_id``, ``identity`` and per-frame ``truth`` travel into the index, sliced to each clip's
+frames. For your own videos the speaker comes from a sidecar file or ``--speaker-pattern``
+(:mod:`singer.data.speakers`); splits and confidence intervals are made of speakers.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ from singer.data.media import (
     read_audio,
     resample_indices,
 )
+from singer.data.speakers import SpeakerMapError, speaker_map
 
 # Bumped whenever the clip contents change for the same settings, so old caches are redone.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2  # 2: SynthSing identity in the index
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .mov .mkv .avi .webm .m4v .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv".split()
@@ -497,6 +500,8 @@ def _prepare_clips(
             if meta_record is not None:
                 entry["kind"] = str(meta_record.get("kind") or "unknown")
                 entry["speaker_id"] = meta_record.get("speaker_id")
+                if isinstance(meta_record.get("identity"), dict):
+                    entry["identity"] = meta_record["identity"]
                 truth = _slice_truth(
                     meta_record, timestamps[source, 0] - timestamps[:, 0].min(), info.fps
                 )
@@ -618,8 +623,14 @@ def prepare_folder(
     require_face: bool = False,
     force: bool = False,
     progress: bool = True,
+    speakers: str | Path | None = None,
+    speaker_pattern: str | None = None,
 ) -> dict:
     """Prepare every video under ``src`` into the clip cache ``out``; return the report.
+
+    ``speakers`` (a sidecar file) and ``speaker_pattern`` name each video's speaker (see
+    :mod:`singer.data.speakers`); they are applied when the index is written, so changing them
+    re-labels a finished cache without decoding anything again.
 
     The report (also at ``out/report.json``) is ``{"settings", "files": [{"path", "status",
     "reason", "clips", "notes", "cached"}], "ignored": [...], "counts": {...}}`` and lists every
@@ -654,6 +665,12 @@ def prepare_folder(
 
     inside = out.resolve().is_relative_to(src.resolve())
     videos, ignored = find_inputs(src, exclude=out if inside else None)
+    speaker_ids = speaker_map(
+        src,
+        [path.relative_to(src).as_posix() for path in videos],
+        sidecar=speakers,
+        pattern=speaker_pattern,
+    )
     meta = load_synth_meta(src)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "prepare.json", {"src": str(src.resolve()), "settings": settings.to_dict()})
@@ -699,18 +716,36 @@ def prepare_folder(
     finally:
         bar.close()
         report = _write_outputs(
-            out, settings, records, ignored=[p.relative_to(src).as_posix() for p in ignored]
+            out,
+            settings,
+            records,
+            ignored=[p.relative_to(src).as_posix() for p in ignored],
+            speakers=speaker_ids,
         )
     return report
 
 
+def _label_speakers(clips: list[dict], speaker: str | None) -> list[dict]:
+    """The clips with ``speaker_id`` set from the speaker map, where SynthSing gave none."""
+    if speaker is None:
+        return clips
+    return [clip if clip.get("speaker_id") else {**clip, "speaker_id": speaker} for clip in clips]
+
+
 def _write_outputs(
-    out: Path, settings: Settings, records: dict[str, dict], *, ignored: list[str]
+    out: Path,
+    settings: Settings,
+    records: dict[str, dict],
+    *,
+    ignored: list[str],
+    speakers: dict[str, str | None] | None = None,
 ) -> dict:
     """Rebuild index.jsonl and report.json from the per-file records (sorted by path)."""
     files, index_lines, reasons = [], [], {}
+    speakers = speakers or {}
     for rel in sorted(records):
         record = records[rel]
+        clips = _label_speakers(record.get("clips", []), speakers.get(rel))
         files.append(
             {
                 "path": rel,
@@ -725,7 +760,8 @@ def _write_outputs(
             # Group by the reason's headline ("too short", "no audio track"), not its details.
             headline = str(record.get("reason")).split(" (")[0].split(":")[0]
             reasons[headline] = reasons.get(headline, 0) + 1
-        index_lines.extend(json.dumps(clip, sort_keys=True) for clip in record.get("clips", []))
+        index_lines.extend(json.dumps(clip, sort_keys=True) for clip in clips)
+    labelled = {json.loads(line).get("speaker_id") for line in index_lines} - {None}
     counts = {
         "files": len(files),
         "ok": sum(f["status"] == "ok" for f in files),
@@ -734,6 +770,7 @@ def _write_outputs(
         "cached": sum(f["cached"] for f in files),
         "ignored": len(ignored),
         "skipped_by_reason": reasons,
+        "speakers": len(labelled),
     }
     report = {"settings": settings.to_dict(), "files": files, "ignored": ignored, "counts": counts}
     text = "".join(line + "\n" for line in index_lines)
@@ -773,17 +810,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-face", action="store_true", help="skip videos where no face is found"
     )
     parser.add_argument("--force", action="store_true", help="redo files that are already prepared")
+    parser.add_argument(
+        "--speakers",
+        type=Path,
+        help="sidecar naming each video's speaker: CSV 'path,speaker' or JSON {path: speaker} "
+        "(default: speakers.csv / speakers.json in --src, if present)",
+    )
+    parser.add_argument(
+        "--speaker-pattern",
+        help="regular expression on each video's relative path whose group 'speaker' (or first "
+        "group) is its speaker, e.g. '^(?P<speaker>[^/]+)/' for one folder per person",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.require_face and args.no_detect:
-        build_parser().error("--require-face needs face detection; drop --no-detect")
-    if not args.src.is_dir():
-        build_parser().error(f"--src {args.src} is not a folder")
-    report = prepare_folder(
+def _prepare_from_args(args: argparse.Namespace) -> dict:
+    return prepare_folder(
         args.src,
         args.out,
         size=args.size,
@@ -796,11 +839,27 @@ def main(argv: list[str] | None = None) -> int:
         require_face=args.require_face,
         force=args.force,
         progress=not args.quiet,
+        speakers=args.speakers,
+        speaker_pattern=args.speaker_pattern,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.require_face and args.no_detect:
+        build_parser().error("--require-face needs face detection; drop --no-detect")
+    if not args.src.is_dir():
+        build_parser().error(f"--src {args.src} is not a folder")
+    try:
+        report = _prepare_from_args(args)
+    except SpeakerMapError as err:
+        print(f"error: {err} — fix the speaker file or pattern", file=sys.stderr)
+        return 2
     counts = report["counts"]
     print(
         f"prepared {counts['ok']} ok, {counts['skipped']} skipped ({counts['clips']} clips, "
-        f"{counts['cached']} files reused); report: {args.out / 'report.json'}"
+        f"{counts['cached']} files reused, {counts['speakers']} named speakers); "
+        f"report: {args.out / 'report.json'}"
     )
     if counts["files"] == 0:
         print(f"no video files found under {args.src}", file=sys.stderr)

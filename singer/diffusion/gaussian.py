@@ -16,9 +16,16 @@ The recipe follows SINGER (and Hallo, which it forks):
   taken from the end of the schedule, so a DDIM run of any length starts at ``t = T−1`` —
   exactly the zero-SNR point the model was trained on — instead of skipping it
   ("leading" spacing would start at e.g. t = 975 for 40 steps).
-* **Min-SNR loss weighting** (Hang et al. 2023) with γ = 5: per-sample weight
-  ``min(SNR, γ)/(SNR + 1)`` for v, ``min(SNR, γ)/SNR`` for ε, ``min(SNR, γ)`` for x0
-  targets. It stops the many easy low-noise timesteps from dominating the gradient.
+* **Min-SNR loss weighting** (Hang et al. 2023) with γ = 5, floored so that every timestep
+  trains. In x0 terms min-SNR weighs a sample by ``min(SNR, γ)``; since
+  ``‖x̂0 − x0‖² = ‖v̂ − v‖² / (SNR + 1)`` that is ``min(SNR, γ)/(SNR + 1)`` on the v loss, which
+  is 0 at the zero-terminal-SNR step and below 0.003 for every t ≥ 900: the very steps the
+  zero-SNR schedule exists for would get no gradient. For v we therefore use
+  ``min(SNR + 1, γ)/(SNR + 1)`` (Hallo's training scripts do the same: "add one to SNR before
+  dividing"): 1 at SNR = 0, ``γ/(SNR + 1)`` for SNR ≥ γ − 1. x0 targets get the same x0-space
+  weight, ``min(SNR + 1, γ)``; ε targets ``min(SNR, γ)/SNR`` (→ 1 as SNR → 0; ε is never
+  combined with zero SNR). ``docs/metrics.md`` ("Diffusion loss weighting") has the measurement
+  behind the choice.
 
 Training uses ``diffusers.DDPMScheduler`` (``add_noise``, ``get_velocity``); sampling uses
 ``diffusers.DDIMScheduler`` built from the same config, a fresh instance per call so that
@@ -139,15 +146,16 @@ class GaussianDiffusion:
         """Min-SNR weight per sample (``B`` → ``B``); ones when ``min_snr_gamma`` is None."""
         if self.min_snr_gamma is None:
             return torch.ones_like(snr)
-        clipped = snr.clamp(max=self.min_snr_gamma)
         if self.prediction_type == "v_prediction":
-            return clipped / (snr + 1.0)
-        if self.prediction_type == "epsilon":
-            # min(SNR, γ)/SNR → 1 as SNR → 0; write the limit instead of 0/0.
-            return torch.where(
-                snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr)
-            )
-        return clipped  # x0 target
+            # min(SNR + 1, γ)/(SNR + 1): 1 at the terminal step instead of 0 (module docstring).
+            return (snr + 1.0).clamp(max=self.min_snr_gamma) / (snr + 1.0)
+        if self.prediction_type == "sample":
+            return (snr + 1.0).clamp(max=self.min_snr_gamma)
+        # ε: min(SNR, γ)/SNR → 1 as SNR → 0; write the limit instead of 0/0.
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        return torch.where(
+            snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr)
+        )
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``x_t = α_t·x0 + σ_t·noise`` (diffusers ``add_noise``)."""
@@ -247,3 +255,16 @@ class GaussianDiffusion:
             model_output = denoise_fn(x, t_batch)
             x = scheduler.step(model_output, t, x, eta=eta, generator=generator).prev_sample
         return x
+
+
+def diffusion_for_codec(kwargs: dict, codec) -> GaussianDiffusion:
+    """A :class:`GaussianDiffusion` from config ``kwargs`` whose ``clip_sample`` follows the codec.
+
+    DDIM's clamp of the predicted x0 to ``±1`` is right for pixel video in [-1, 1] and wrong for
+    latents of roughly unit variance (a third of N(0, 1) values lie beyond ±1), so unless the
+    config sets ``clip_sample`` itself (``auto`` or absent), it is ``codec.bounded``.
+    """
+    kwargs = dict(kwargs)
+    if kwargs.get("clip_sample", "auto") in ("auto", None):
+        kwargs["clip_sample"] = bool(getattr(codec, "bounded", False))
+    return GaussianDiffusion(**kwargs)

@@ -13,8 +13,9 @@ same initial noise, and the change against the full-band generation is measured:
   reference clip and the same, full-band audio: the band stop is an intervention on the
   model's input only, so a model that ignores its audio has a zero row for every target.
 
-Per-clip values are averaged over seeds and bootstrapped over clips (set-level metrics: over
-seeds). The result is a bands × targets table with CIs, rendered as a heatmap.
+Per-item values are averaged over seeds, then into their independent unit (the clip's speaker),
+and bootstrapped over units (set-level metrics: over seeds). The result is a bands × targets
+table with CIs and unit counts, rendered as a heatmap.
 
 Filters are zero-phase so that no band shift in time masquerades as a motion change:
 
@@ -37,7 +38,7 @@ import torch
 
 from singer.evaluation.bootstrap import bootstrap_ci
 
-TABLE_COLUMNS = ("band", "lo_hz", "hi_hz", "target", "delta", "ci_lo", "ci_hi")
+TABLE_COLUMNS = ("band", "lo_hz", "hi_hz", "target", "delta", "ci_lo", "ci_hi", "n")
 
 
 # -- filters --------------------------------------------------------------------------------
@@ -248,8 +249,22 @@ class BandSensitivity:
         fixed = ["pixel_l1"] + [f"cue/{c}" for c in self.cue_names]
         return [t for t in fixed if t in found] + sorted(found - set(fixed))
 
-    def table(self, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> list[dict]:
-        """Rows ``{band, lo_hz, hi_hz, target, delta, ci_lo, ci_hi}`` (bands × targets)."""
+    def table(
+        self,
+        *,
+        n_boot: int = 1000,
+        alpha: float = 0.05,
+        seed: int = 0,
+        units: Sequence[str] | None = None,
+    ) -> list[dict]:
+        """Rows ``{band, lo_hz, hi_hz, target, delta, ci_lo, ci_hi, n}`` (bands × targets).
+
+        ``units`` names the independent unit (speaker) of every item, in the order the items
+        were added: item deltas are averaged over seeds, then into their unit, and the interval
+        resamples units (``n`` of them). Without ``units`` every item counts as one.
+        """
+        from singer.evaluation.units import group_mean
+
         rows = []
         for band, (lo, hi) in enumerate(self.bands):
             for target in self.targets():
@@ -258,10 +273,14 @@ class BandSensitivity:
                         self.clip_deltas[(band, target)], dtype=np.float64
                     )  # seeds × clips
                     with np.errstate(invalid="ignore"):
-                        units = _nanmean_rows(per_seed.T)  # a clip's delta, averaged over seeds
+                        items = _nanmean_rows(per_seed.T)  # an item's delta, averaged over seeds
+                    if units is not None and len(units) == len(items):
+                        values = np.asarray(list(group_mean(list(items), list(units)).values()))
+                    else:
+                        values = items
                 else:
-                    units = np.asarray(self.set_deltas.get((band, target), []), dtype=np.float64)
-                estimate, lo_ci, hi_ci = bootstrap_ci(units, n=n_boot, alpha=alpha, seed=seed)
+                    values = np.asarray(self.set_deltas.get((band, target), []), dtype=np.float64)
+                estimate, lo_ci, hi_ci = bootstrap_ci(values, n=n_boot, alpha=alpha, seed=seed)
                 rows.append(
                     {
                         "band": band_label(lo, hi),
@@ -271,6 +290,7 @@ class BandSensitivity:
                         "delta": estimate,
                         "ci_lo": lo_ci,
                         "ci_hi": hi_ci,
+                        "n": int(np.isfinite(values).sum()),
                     }
                 )
         return rows

@@ -2,13 +2,20 @@
 
 For every window with ground truth, the front-end turns the waveform ``B×S`` into tokens
 ``B×F×N×D``; each frame's ``N·D`` token values are one feature row and its ``K`` cues the
-targets. A ridge regression (``sklearn.linear_model.Ridge`` on standardised features) is scored by **grouped K-fold**
-cross-validation: folds are split by clip id, so frames of one clip never sit on both sides
-(neighbouring frames are nearly identical; mixing them would measure memorisation). The ridge
-strength is chosen per cue from ``probe_alphas`` by an inner grouped K-fold
-(:data:`INNER_FOLDS`) of the training clips only, for the same reason. The score is the
-held-out R² of each fold, ``1 − MSE_fold / Var(cue over all probed frames)`` (one value per
-fold, and per seed for front-ends probed at their random init), bootstrapped for a CI.
+targets. A ridge regression (``sklearn.linear_model.Ridge`` on standardised features) is scored
+by **grouped K-fold** cross-validation with **speakers** as the groups (a clip's ``speaker_id``;
+its source video when none is known): frames of one speaker never sit on both sides, so a probe
+cannot score by recognising a voice or memorising a clip. The ridge strength is chosen per cue
+from ``probe_alphas`` by an inner grouped K-fold (:data:`INNER_FOLDS`) of the training speakers
+only, for the same reason.
+
+What is measured: every frame gets an out-of-fold prediction from a probe fitted on other
+speakers, and the score is the held-out R², ``1 − SSE / SST`` over all probed frames (SST
+around the mean of all of them). Its interval is a cluster bootstrap over **speakers** (the
+independent units), never over folds, whose scores share training data. By default
+(``probe_split: val``) the probed clips are the checkpoint's held-out speakers, so a trained
+front-end is probed on voices its training never heard; with ``probe_split: train`` or ``all``
+the table says how well the front-end encodes the cues on (partly) *trained* data.
 
 The same probe runs on band-passed audio (each band of ``band_edges`` alone), which shows where
 in the spectrum a front-end finds each cue, independently of any generator.
@@ -27,9 +34,8 @@ import numpy as np
 import torch
 
 from singer.evaluation.bands import band_label, bandpass
-from singer.evaluation.bootstrap import bootstrap_ci
 
-TABLE_COLUMNS = ("frontend", "band", "lo_hz", "hi_hz", "cue", "r2", "ci_lo", "ci_hi")
+TABLE_COLUMNS = ("frontend", "band", "lo_hz", "hi_hz", "cue", "r2", "ci_lo", "ci_hi", "n")
 FULL_BAND = "full"
 MIN_TARGET_VARIANCE = 1e-10  # below this a cue is constant and R² is undefined
 INNER_FOLDS = 3  # grouped folds (inside each training fold) that choose the ridge strength
@@ -41,7 +47,7 @@ class ProbeError(ValueError):
 
 @dataclass
 class ProbeData:
-    """Frame-level probe inputs: features ``N×P``, targets ``N×K``, groups ``N`` (clip ids)."""
+    """Frame-level probe inputs: features ``N×P``, targets ``N×K``, groups ``N`` (speakers)."""
 
     features: np.ndarray
     targets: np.ndarray
@@ -110,6 +116,52 @@ def select_alpha(
     return sse.argmin(axis=0)
 
 
+def _prepare(features, targets, groups):
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    groups = np.asarray(groups)
+    if not (len(x) == len(y) == len(groups)):
+        raise ValueError(
+            f"features, targets and groups must have the same length, "
+            f"got {len(x)}, {len(y)}, {len(groups)}"
+        )
+    return x, y, groups
+
+
+def out_of_fold_predictions(
+    features: np.ndarray,
+    targets: np.ndarray,
+    groups: Sequence | np.ndarray,
+    *,
+    folds: int = 5,
+    alphas: Sequence[float] = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4),
+    inner_folds: int = INNER_FOLDS,
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """``(pred N×K, outer folds)``: every frame predicted by a probe fitted on other groups.
+
+    features ``N×P``, targets ``N×K`` (or ``N``), groups ``N``: frames with the same group never
+    span a training and a test fold, neither in the outer folds nor in the inner folds that
+    choose each target's ridge strength. Frames with non-finite features, and targets without
+    a value, get NaN.
+
+    The fitted model is ``sklearn.linear_model.Ridge`` on ``StandardScaler`` features;
+    :func:`ridge_path` (the same estimator in closed form) only chooses its strength. The
+    matrices are small (frames × token values), so BLAS runs single-threaded here: contended
+    BLAS threads on a busy CPU are many times slower.
+    """
+    from threadpoolctl import threadpool_limits
+
+    x, y, groups = _prepare(features, targets, groups)
+    pred = np.full(y.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(x).all(axis=1))
+    splits = grouped_folds(groups[finite], folds)
+    with threadpool_limits(limits=1, user_api="blas"):
+        fitted = _fit_predict(x[finite], y[finite], groups[finite], splits, alphas, inner_folds)
+    pred[finite] = fitted
+    return pred, [(finite[train], finite[test]) for train, test in splits]
+
+
 def ridge_probe(
     features: np.ndarray,
     targets: np.ndarray,
@@ -121,43 +173,78 @@ def ridge_probe(
 ) -> np.ndarray:
     """Held-out R² per fold and target: ``folds' × K`` (NaN for a target without variance).
 
-    features ``N×P``, targets ``N×K`` (or ``N``), groups ``N``: frames with the same group never
-    span a training and a test fold, neither in the outer folds that score nor in the inner
-    folds that choose each target's ridge strength. The R² of fold ``f`` is
-    ``1 − MSE_f / Var(y)`` with ``Var(y)`` over *all* probed frames: a held-out clip whose cue
-    barely moves would otherwise divide by almost nothing. The fold mean (weighted by fold
-    size) is the pooled out-of-fold R².
-
-    The scored model is ``sklearn.linear_model.Ridge`` on ``StandardScaler`` features;
-    :func:`ridge_path` (the same estimator in closed form) only chooses its strength. The
-    matrices are small (frames × token values), so BLAS runs single-threaded here: contended
-    BLAS threads on a busy CPU are many times slower.
+    The R² of fold ``f`` is ``1 − MSE_f / Var(y)`` with ``Var(y)`` over *all* probed frames: a
+    held-out group whose cue barely moves would otherwise divide by almost nothing. For the
+    reported score and its interval see :func:`unit_r2` (fold scores are not independent).
     """
-    from threadpoolctl import threadpool_limits
+    _, y, _ = _prepare(features, targets, groups)
+    pred, splits = out_of_fold_predictions(
+        features, targets, groups, folds=folds, alphas=alphas, inner_folds=inner_folds
+    )
+    scores = np.full((len(splits), y.shape[1]), np.nan)
+    for k in range(y.shape[1]):
+        rows = np.isfinite(y[:, k]) & np.isfinite(pred[:, k])
+        variance = np.var(y[rows, k]) if rows.sum() > 1 else 0.0
+        if variance <= MIN_TARGET_VARIANCE:
+            continue
+        for f, (_, test) in enumerate(splits):
+            test = test[rows[test]]
+            if len(test):
+                scores[f, k] = 1.0 - ((pred[test, k] - y[test, k]) ** 2).mean() / variance
+    return scores
 
-    x = np.asarray(features, dtype=np.float64)
+
+def unit_r2(
+    targets: np.ndarray,
+    predictions: Sequence[np.ndarray],
+    units: Sequence,
+    *,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> list[tuple[float, float, float, int]]:
+    """Per target ``(R², lo, hi, number of units)`` from out-of-fold ``predictions`` (one ``N×K``
+    array per seed): ``1 − SSE/SST`` over all frames, averaged over seeds; the interval is a
+    cluster bootstrap that resamples units (speakers) with replacement."""
     y = np.asarray(targets, dtype=np.float64)
     y = y[:, None] if y.ndim == 1 else y
-    groups = np.asarray(groups)
-    if not (len(x) == len(y) == len(groups)):
-        raise ValueError(
-            f"features, targets and groups must have the same length, "
-            f"got {len(x)}, {len(y)}, {len(groups)}"
-        )
-    finite = np.isfinite(x).all(axis=1)
-    x, y, groups = x[finite], y[finite], groups[finite]
-    splits = grouped_folds(groups, folds)
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _ridge_scores(x, y, groups, splits, alphas, inner_folds)
+    units = np.asarray(units)
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(y.shape[1]):
+        rows = np.isfinite(y[:, k]) & np.all([np.isfinite(p[:, k]) for p in predictions], axis=0)
+        yk = y[rows, k]
+        if len(yk) < 2 or np.var(yk) <= MIN_TARGET_VARIANCE:
+            out.append((float("nan"), float("nan"), float("nan"), 0))
+            continue
+        names, index = np.unique(units[rows], return_inverse=True)
+        sst = np.bincount(index, weights=(yk - yk.mean()) ** 2, minlength=len(names))
+        sse = np.stack(
+            [
+                np.bincount(index, weights=(p[rows, k] - yk) ** 2, minlength=len(names))
+                for p in predictions
+            ]
+        )  # seeds × units
+        estimate = float(np.mean(1.0 - sse.sum(axis=1) / sst.sum()))
+        if len(names) < 2:
+            out.append((estimate, float("nan"), float("nan"), len(names)))
+            continue
+        picks = rng.integers(0, len(names), size=(n_boot, len(names)))
+        total_sst = sst[picks].sum(axis=1)  # n_boot
+        ok = total_sst > MIN_TARGET_VARIANCE
+        stats = np.mean(1.0 - sse[:, picks[ok]].sum(axis=2) / total_sst[ok], axis=0)
+        lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2]) if stats.size else (np.nan, np.nan)
+        out.append((estimate, float(min(lo, estimate)), float(max(hi, estimate)), len(names)))
+    return out
 
 
-def _ridge_scores(x, y, groups, splits, alphas, inner_folds) -> np.ndarray:
-    """The body of :func:`ridge_probe` (finite features; ``splits`` the outer folds)."""
+def _fit_predict(x, y, groups, splits, alphas, inner_folds) -> np.ndarray:
+    """Out-of-fold predictions ``N×K`` (the body of :func:`out_of_fold_predictions`)."""
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    scores = np.full((len(splits), y.shape[1]), np.nan)
+    pred = np.full(y.shape, np.nan)
     present = np.isfinite(y)
     # Targets that share their rows are fitted together (the usual case: all of them).
     if present.all():
@@ -166,8 +253,7 @@ def _ridge_scores(x, y, groups, splits, alphas, inner_folds) -> np.ndarray:
         blocks = [(np.array([k]), present[:, k]) for k in range(y.shape[1])]
     for cols, rows in blocks:
         yk = y[:, cols]
-        variance = np.var(yk[rows], axis=0) if rows.sum() > 1 else np.zeros(len(cols))
-        for f, (train, test) in enumerate(splits):
+        for train, test in splits:
             train, test = train[rows[train]], test[rows[test]]
             if len(train) < 2 or len(test) < 1:
                 continue
@@ -175,13 +261,9 @@ def _ridge_scores(x, y, groups, splits, alphas, inner_folds) -> np.ndarray:
             model = make_pipeline(
                 StandardScaler(), Ridge(alpha=np.asarray(alphas, dtype=np.float64)[chosen])
             )
-            pred = model.fit(x[train], yk[train]).predict(x[test]).reshape(len(test), len(cols))
-            mse = ((pred - yk[test]) ** 2).mean(axis=0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                scores[f, cols] = np.where(
-                    variance > MIN_TARGET_VARIANCE, 1.0 - mse / variance, np.nan
-                )
-    return scores
+            fitted = model.fit(x[train], yk[train]).predict(x[test]).reshape(len(test), len(cols))
+            pred[np.ix_(test, cols)] = fitted
+    return pred
 
 
 # -- front-end features ---------------------------------------------------------------------
@@ -197,7 +279,8 @@ def frontend_probe_data(
     device: torch.device | str = "cpu",
 ) -> ProbeData:
     """Run ``frontend`` over collated batches (``audio B×S``, ``cues B×F×K``, ``has_cues B``,
-    ``clip_id``) → one feature row per frame (tokens ``B×F×N×D`` flattened to ``(B·F)×(N·D)``).
+    ``speaker_id`` or ``clip_id``) → one feature row per frame (tokens ``B×F×N×D`` flattened to
+    ``(B·F)×(N·D)``); ``groups`` are the frames' speakers (clip ids when a batch has none).
 
     With ``band=(lo, hi)`` the audio is band-passed to that band first. Windows without ground
     truth are skipped.
@@ -217,7 +300,8 @@ def frontend_probe_data(
         b = tokens.shape[0]
         feats.append(tokens.float().reshape(b * num_frames, -1).cpu().numpy())
         targets.append(cues.reshape(b * num_frames, -1).numpy())
-        ids = [cid for cid, k in zip(batch["clip_id"], keep.tolist()) if k]
+        units = batch.get("speaker_id", batch["clip_id"])  # speakers; clips for bare batches
+        ids = [unit for unit, k in zip(units, keep.tolist()) if k]
         groups.extend(np.repeat(np.asarray(ids, dtype=object), num_frames))
     if not feats:
         raise ProbeError("no window with ground-truth cues to probe (prepared real data has none)")
@@ -244,8 +328,9 @@ def probe_frontend(
     """Probe table rows (:data:`TABLE_COLUMNS`) for one front-end over the full band and each band.
 
     ``frontends`` holds one instance per seed (e.g. random inits with different seeds; one
-    trained front-end is a list of one). The R² estimate is the mean over folds × seeds, its CI
-    a bootstrap over those values.
+    trained front-end is a list of one). The R² is the held-out R² of out-of-fold predictions
+    (mean over seeds), its CI a cluster bootstrap over speakers (:func:`unit_r2`); ``n`` is the
+    number of speakers.
     """
     from tqdm.auto import tqdm
 
@@ -257,7 +342,7 @@ def probe_frontend(
     for label, lo, hi, band in tqdm(
         conditions, desc=f"probe {name}", disable=not progress, leave=False
     ):
-        scores = []
+        predictions, data = [], None
         for frontend in frontends:
             data = frontend_probe_data(
                 frontend,
@@ -268,12 +353,13 @@ def probe_frontend(
                 order=order,
                 device=device,
             )
-            scores.append(
-                ridge_probe(data.features, data.targets, data.groups, folds=folds, alphas=alphas)
+            pred, _ = out_of_fold_predictions(
+                data.features, data.targets, data.groups, folds=folds, alphas=alphas
             )
-        stacked = np.concatenate(scores, axis=0)  # (folds·seeds) × K
+            predictions.append(pred)
+        scores = unit_r2(data.targets, predictions, data.groups, n_boot=n_boot, alpha=alpha)
         for k, cue in enumerate(cue_names):
-            estimate, lo_ci, hi_ci = bootstrap_ci(stacked[:, k], n=n_boot, alpha=alpha)
+            estimate, lo_ci, hi_ci, n_units = scores[k]
             rows.append(
                 {
                     "frontend": name,
@@ -284,6 +370,7 @@ def probe_frontend(
                     "r2": estimate,
                     "ci_lo": lo_ci,
                     "ci_hi": hi_ci,
+                    "n": n_units,
                 }
             )
     return rows

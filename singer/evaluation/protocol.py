@@ -19,10 +19,12 @@ from typing import Any
 DEFAULT_PROTOCOL = Path(__file__).resolve().parent.parent / "conf" / "evaluate" / "default.yaml"
 CROPS = ("center",)
 BAND_FILTERS = ("butter", "fft")
+CONTROLS = ("deranged", "silence")
 
 
 FIELD_TYPES = {
     "num_clips": "int",
+    "windows_per_clip": "int",
     "num_frames": "int",
     "resolution": "int",
     "crop": "str",
@@ -42,8 +44,11 @@ FIELD_TYPES = {
     "probe_folds": "int",
     "probe_alphas": "list[float]",
     "probe_frontends": "list[str]",
+    "controls": "list[str]",
+    "derangement_seed": "int",
 }
-OPTIONAL_FIELDS = ("num_frames", "resolution", "guidance_scale")  # None: take the model's own
+# None: take the model's own (windows_per_clip: every window of the clip)
+OPTIONAL_FIELDS = ("num_frames", "resolution", "guidance_scale", "windows_per_clip")
 
 
 class ProtocolError(ValueError):
@@ -59,6 +64,7 @@ class EvalProtocol:
     """
 
     num_clips: int = 8
+    windows_per_clip: int | None = None
     num_frames: int | None = None
     resolution: int | None = None
     crop: str = "center"
@@ -77,13 +83,15 @@ class EvalProtocol:
     )
     band_filter: str = "butter"
     band_filter_order: int = 8
-    probe_split: str = "all"
-    probe_clips: int = 64
+    probe_split: str = "val"
+    probe_clips: int = 16
     probe_folds: int = 5
     probe_alphas: list[float] = field(
         default_factory=lambda: [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4]
     )
     probe_frontends: list[str] = field(default_factory=list)
+    controls: list[str] = field(default_factory=lambda: list(CONTROLS))
+    derangement_seed: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -95,6 +103,13 @@ class EvalProtocol:
             raise ProtocolError("invalid evaluation protocol: " + "; ".join(problems))
         if self.num_clips < 1:
             problems.append(f"num_clips must be >= 1, got {self.num_clips}")
+        if self.windows_per_clip is not None and self.windows_per_clip < 1:
+            problems.append(f"windows_per_clip must be >= 1 or null, got {self.windows_per_clip}")
+        unknown_controls = [c for c in self.controls if c not in CONTROLS]
+        if unknown_controls or len(set(self.controls)) != len(self.controls):
+            problems.append(
+                f"controls must be distinct names from {CONTROLS}, got {list(self.controls)}"
+            )
         if self.num_frames is not None and self.num_frames < 1:
             problems.append(f"num_frames must be >= 1 or null, got {self.num_frames}")
         if self.resolution is not None and self.resolution < 8:
@@ -118,8 +133,10 @@ class EvalProtocol:
             problems.append(f"band_filter must be one of {BAND_FILTERS}, got {self.band_filter!r}")
         if self.band_filter_order < 1:
             problems.append(f"band_filter_order must be >= 1, got {self.band_filter_order}")
-        if self.probe_split not in ("train", "val", "all"):
-            problems.append(f"probe_split must be train, val or all, got {self.probe_split!r}")
+        if self.probe_split not in ("train", "val", "test", "all"):
+            problems.append(
+                f"probe_split must be train, val, test or all, got {self.probe_split!r}"
+            )
         if self.probe_folds < 2:
             problems.append(f"probe_folds must be >= 2, got {self.probe_folds}")
         unknown_kwargs = set(self.metric_kwargs) - set(self.metrics)

@@ -24,8 +24,15 @@ import numpy as np
 import torch
 
 from singer.evaluation.bands import BandSensitivity, bandstop, plot_heatmap, plot_sensitivity
-from singer.evaluation.bootstrap import bootstrap_ci
 from singer.evaluation.protocol import EvalProtocol, load_protocol
+from singer.evaluation.units import (
+    Interval,
+    derangement,
+    group_mean,
+    to_units,
+    unit_interval,
+)
+from singer.metrics.motion import nanmean
 
 RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SEED_STRIDE = 1_000_003  # batch seeds s·STRIDE + b never collide for < 1e6 batches
@@ -43,10 +50,17 @@ class NotGenerativeError(EvaluationError):
 class EvalResult:
     """What one evaluation produced.
 
-    metrics:  ``{key: value}``, each the mean over seeds of the metric's ``compute()``.
-    ci:       ``{key: (lo, hi)}``, percentile bootstrap over clips (per-clip metrics; per-clip
-              values averaged over seeds first) or over seeds (set-level metrics, ≥ 2 seeds);
-              ``(nan, nan)`` when there is nothing to resample.
+    metrics:  ``{key: value}``: per-clip keys are the mean over independent units (held-out
+              speakers) of each unit's mean over its clips and the seeds; set-level keys (FID)
+              the mean over seeds.
+    ci:       ``{key: (lo, hi)}``, percentile bootstrap over units (set-level metrics: over
+              seeds, ≥ 2); ``(nan, nan)`` when there is nothing to resample.
+    n:        ``{key: number of units behind the interval}`` (printed beside every interval).
+    units:    ``{key: {unit: value}}``: the unit values themselves, which sweeps pair between
+              arms (same clips, same noise) for their paired differences.
+    Keys include ``audio_effect/<cue>`` (motion r with the true audio minus r with another
+    held-out speaker's audio) and ``audio_effect_vs_silence/<cue>``, and the controls'
+    own values under ``control/<deranged|silence>/<key>``.
     bands / probes: table rows (see ``singer.evaluation.bands`` / ``probes``), or None.
     path:     the ``metrics.json`` written (None when no output directory was used).
     """
@@ -61,23 +75,42 @@ class EvalResult:
     clip_ids: list[str]
     run_id: str | None = None
     per_seed: dict[str, list[float]] = field(default_factory=dict)
+    n: dict[str, int] = field(default_factory=dict)
+    units: dict[str, dict[str, float]] = field(default_factory=dict)
+    unit_of_clip: dict[str, str] = field(default_factory=dict)
+    unit_kind: dict[str, str] = field(default_factory=dict)  # key → "speakers" | "seeds"
+    windows: int = 0
     bands: list[dict] | None = None
     probes: list[dict] | None = None
     probe_errors: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    source: str = "checkpoint"
     path: Path | None = None
 
     @property
     def protocol_hash(self) -> str:
         return self.protocol.hash()
 
+    def interval(self, key: str) -> Interval:
+        lo, hi = self.ci.get(key, (float("nan"), float("nan")))
+        return Interval(
+            self.metrics.get(key, float("nan")),
+            lo,
+            hi,
+            self.n.get(key, 0),
+            self.unit_kind.get(key, "speakers"),
+        )
+
     def mlflow_metrics(self) -> dict[str, float]:
-        """``eval/<key>``, ``eval/<key>_ci_lo``, ``eval/<key>_ci_hi`` (CI keys only when finite)."""
+        """``eval/<key>``, ``eval/<key>_ci_lo``/``_ci_hi`` (when finite) and ``eval/<key>_n``."""
         out = {}
         for key, value in self.metrics.items():
             out[f"eval/{key}"] = float(value)
             lo, hi = self.ci.get(key, (float("nan"), float("nan")))
             if np.isfinite(lo) and np.isfinite(hi):
                 out[f"eval/{key}_ci_lo"], out[f"eval/{key}_ci_hi"] = float(lo), float(hi)
+            if key in self.n:
+                out[f"eval/{key}_n"] = float(self.n[key])
         return out
 
     def to_dict(self) -> dict:
@@ -87,17 +120,24 @@ class EvalResult:
             return None if isinstance(value, float) and not np.isfinite(value) else value
 
         return {
+            "source": self.source,
             "model": self.model,
             "checkpoint": self.checkpoint,
             "step": self.step,
             "run_id": self.run_id,
             "split": self.split,
             "clips": self.clip_ids,
+            "windows": self.windows,
+            "unit": "speakers",
+            "unit_of_clip": self.unit_of_clip,
             "protocol": self.protocol.to_dict(),
             "protocol_hash": self.protocol_hash,
             "git": git_commit(),
             "metrics": {k: clean(v) for k, v in self.metrics.items()},
             "ci": {k: [clean(lo), clean(hi)] for k, (lo, hi) in self.ci.items()},
+            "n": dict(self.n),
+            "unit_kind": dict(self.unit_kind),
+            "units": {k: {u: clean(v) for u, v in us.items()} for k, us in self.units.items()},
             "per_seed": {k: [clean(v) for v in vs] for k, vs in self.per_seed.items()},
             "bands": [{k: clean(v) for k, v in row.items()} for row in self.bands]
             if self.bands is not None
@@ -106,6 +146,7 @@ class EvalResult:
             if self.probes is not None
             else None,
             "probe_errors": self.probe_errors,
+            "notes": self.notes,
         }
 
 
@@ -182,26 +223,9 @@ def select_windows(num_windows: int, count: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, num_windows - 1, count)})
 
 
-def load_batches(
-    cfg,
-    protocol: EvalProtocol,
-    *,
-    split: str,
-    count: int,
-    data_cache=None,
-    progress: bool = True,
-    warn_fewer: bool = True,
-) -> list[dict]:
-    """Collated, centre-cropped, resized batches of the protocol's windows of ``split``.
+def _open_dataset(cfg, protocol: EvalProtocol, *, split: str, data_cache, progress: bool):
+    from singer.data.dataset import ClipDataset
 
-    Each batch holds ``video B×3×F×H×W``, ``audio B×S``, ``ref``, ``motion``, ``cues B×F×K``,
-    ``has_cues``, ``clip_id`` (``F`` = ``protocol.num_frames``, ``H = W`` = ``protocol.resolution``).
-    """
-    from singer.data.dataset import ClipDataset, collate
-    from singer.trainer import _resize_batch
-
-    if not protocol.is_resolved:
-        protocol = protocol.resolve(cfg)
     cache = _cache_dir(cfg, data_cache, progress)
     kinds = list(cfg.data.kinds) if cfg.data.get("kinds") else None
     try:
@@ -211,6 +235,7 @@ def load_batches(
             num_frames=protocol.num_frames,
             motion_frames=max(1, int(cfg.model.get("motion_frames", 0))),
             val_fraction=cfg.data.val_fraction,
+            test_fraction=cfg.data.get("test_fraction", 0.0),
             seed=cfg.data.get("split_seed", 0),
             kinds=kinds,
         )
@@ -221,17 +246,79 @@ def load_batches(
             f"the '{split}' split of {cache} has no windows of {protocol.num_frames} frames; "
             "try --split all or a smaller num_frames"
         )
-    indices = select_windows(len(dataset), count)
-    if warn_fewer and len(indices) < count:
+    return dataset
+
+
+def pick_items(dataset, num_clips: int, windows_per_clip: int | None) -> list[int]:
+    """Dataset indices of the evaluated windows: ``num_clips`` clips taken round-robin over the
+    speakers (so they cover as many independent units as possible), and ``windows_per_clip``
+    windows of each (evenly spread; ``None`` = all, which makes a clip's frames contiguous)."""
+    from singer.data.dataset import clip_group
+
+    by_clip: dict[int, list[int]] = {}
+    for index, (position, _) in enumerate(dataset.windows):
+        by_clip.setdefault(position, []).append(index)
+    by_unit: dict[str, list[int]] = {}
+    for position in sorted(by_clip, key=lambda pos: str(dataset.clips[pos]["clip_id"])):
+        by_unit.setdefault(clip_group(dataset.clips[position]), []).append(position)
+    chosen: list[int] = []
+    queues = [list(positions) for _, positions in sorted(by_unit.items())]
+    while len(chosen) < num_clips and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < num_clips:
+                chosen.append(queue.pop(0))
+    items = []
+    for position in sorted(chosen, key=lambda pos: str(dataset.clips[pos]["clip_id"])):
+        windows = by_clip[position]
+        keep = (
+            windows
+            if windows_per_clip is None
+            else [windows[i] for i in select_windows(len(windows), windows_per_clip)]
+        )
+        items.extend(keep)
+    return items
+
+
+def make_batches(items: list[dict], protocol: EvalProtocol) -> list[dict]:
+    """Collated, centre-cropped, resized batches of dataset items, in order."""
+    from singer.data.dataset import collate
+    from singer.trainer import _resize_batch
+
+    batches = []
+    for start in range(0, len(items), protocol.batch_size):
+        chunk = items[start : start + protocol.batch_size]
+        batches.append(_resize_batch(center_square(collate(chunk)), protocol.resolution))
+    return batches
+
+
+def load_batches(
+    cfg,
+    protocol: EvalProtocol,
+    *,
+    split: str,
+    count: int,
+    data_cache=None,
+    progress: bool = True,
+    warn_fewer: bool = True,
+    windows_per_clip: int | None = None,
+) -> list[dict]:
+    """Collated, centre-cropped, resized batches of ``count`` clips of ``split``.
+
+    Each batch holds ``video B×3×F×H×W``, ``audio B×S``, ``ref``, ``motion``, ``cues B×F×K``,
+    ``causes B×F×C``, ``has_cues``, ``clip_id``, ``speaker_id``, ``start``, ``identity``
+    (``F`` = ``protocol.num_frames``, ``H = W`` = ``protocol.resolution``).
+    """
+    if not protocol.is_resolved:
+        protocol = protocol.resolve(cfg)
+    dataset = _open_dataset(cfg, protocol, split=split, data_cache=data_cache, progress=progress)
+    indices = pick_items(dataset, count, windows_per_clip)
+    clips = len({dataset.windows[i][0] for i in indices})
+    if warn_fewer and clips < count:
         warnings.warn(
-            f"the '{split}' split has only {len(indices)} windows; evaluating those instead of {count}",
+            f"the '{split}' split has only {clips} clips; evaluating those instead of {count}",
             stacklevel=2,
         )
-    batches = []
-    for start in range(0, len(indices), protocol.batch_size):
-        items = [dataset[i] for i in indices[start : start + protocol.batch_size]]
-        batches.append(_resize_batch(center_square(collate(items)), protocol.resolution))
-    return batches
+    return make_batches([dataset[i] for i in indices], protocol)
 
 
 def load_probe_batches(
@@ -272,6 +359,16 @@ def load_probe_batches(
 
 
 # -- generation and metrics -------------------------------------------------------------------------
+def conditions_extras(batch: dict, device) -> dict:
+    """What a batch offers models beyond audio, reference and motion (``Conditions.extras``):
+    the SynthSing identity ``B×IDENTITY_DIM`` where the data carry it (the face-parameter proxy
+    renders with it; every other model ignores it)."""
+    extras = {}
+    if "identity" in batch and bool(torch.as_tensor(batch.get("has_identity", False)).all()):
+        extras["identity"] = batch["identity"].to(device)
+    return extras
+
+
 def generate_batch(
     loaded,
     batch: dict,
@@ -297,6 +394,7 @@ def generate_batch(
         ref=batch["ref"].to(device),
         num_frames=batch["video"].shape[2],
         motion=batch["motion"].to(device),
+        extras=conditions_extras(batch, device),
     )
     video = loaded.spec.sample(
         loaded.model,
@@ -361,28 +459,84 @@ def make_eval_batch(
         cues=batch["cues"],
         has_cues=torch.as_tensor(batch["has_cues"], dtype=torch.bool),
         clip_ids=list(batch["clip_id"]),
+        starts=[int(s) for s in batch["start"]] if "start" in batch else None,
+        causes=batch.get("causes"),
     )
 
 
-def _summarise(
-    per_seed: dict[str, list[float]], per_clip: dict[str, list[list[float]]], protocol: EvalProtocol
-) -> tuple[dict, dict]:
-    """Point estimates (mean over seeds) and CIs (bootstrap over clips, else over seeds)."""
-    metrics, ci = {}, {}
-    for key, values in per_seed.items():
-        values_arr = np.asarray(values, dtype=np.float64)
-        finite = values_arr[np.isfinite(values_arr)]
-        metrics[key] = float(finite.mean()) if finite.size else float("nan")
-        if key in per_clip:
-            clips = np.asarray(per_clip[key], dtype=np.float64)  # seeds × clips
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN clip → NaN, dropped below
-                units = np.nanmean(clips, axis=0)
-        else:
-            units = values_arr if len(values_arr) > 1 else np.zeros(0)
-        _, lo, hi = bootstrap_ci(units, n=protocol.bootstrap, alpha=protocol.alpha)
-        ci[key] = (lo, hi)
-    return metrics, ci
+def _clip_level(metric, clip_ids: list[str]) -> dict[str, dict[str, float]]:
+    """``{key: {clip: value}}`` of one metric after a seed: its own clip values, or the mean of
+    its per-item values over each clip's items."""
+    own = metric.clip_values()
+    if own is not None:
+        return own
+    return {
+        key: group_mean(values, clip_ids)
+        for key, values in metric.per_clip().items()
+        if len(values) == len(clip_ids)
+    }
+
+
+def summarise_units(
+    clip_values: dict[str, list[dict[str, float]]],
+    unit_of_clip: dict[str, str],
+    protocol: EvalProtocol,
+) -> tuple[dict[str, dict[str, float]], dict[str, Interval]]:
+    """Per key: ``{unit: value averaged over seeds}`` and the interval over units.
+
+    ``clip_values[key]`` holds one ``{clip: value}`` per seed.
+    """
+    units: dict[str, dict[str, float]] = {}
+    intervals: dict[str, Interval] = {}
+    for key, per_seed in clip_values.items():
+        seed_units = [to_units(values, unit_of_clip) for values in per_seed]
+        names = sorted({u for su in seed_units for u in su})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            units[key] = {
+                u: float(np.nanmean([su.get(u, np.nan) for su in seed_units])) for u in names
+            }
+        intervals[key] = unit_interval(units[key], n_boot=protocol.bootstrap, alpha=protocol.alpha)
+    return units, intervals
+
+
+def audio_effects(
+    truth: dict[str, list[dict[str, float]]],
+    control: dict[str, list[dict[str, float]]],
+    prefix: str,
+) -> dict[str, list[dict[str, float]]]:
+    """``{prefix/<cue>: [{clip: r_true − r_control} per seed]}`` for each motion ``_r`` key,
+    plus ``prefix/mean`` (per clip, the mean of its cue effects)."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for key in truth:
+        if not (key.startswith("motion/") and key.endswith("_r")) or key == "motion/r_mean":
+            continue
+        if key in control:
+            out[f"{prefix}/{key[len('motion/') : -len('_r')]}"] = [
+                {clip: value - c.get(clip, np.nan) for clip, value in t.items()}
+                for t, c in zip(truth[key], control[key], strict=True)
+            ]
+    if out:
+        cues = list(out.values())
+        out[f"{prefix}/mean"] = [
+            {clip: nanmean([cue[s].get(clip, np.nan) for cue in cues]) for clip in cues[0][s]}
+            for s in range(len(cues[0]))
+        ]
+    return out
+
+
+def control_audio(kind: str, batches: list[dict], derange: list[int]) -> list[torch.Tensor]:
+    """Per batch, the audio ``B×S`` of a control: ``silence`` (zeros), or ``deranged`` (item
+    ``i`` gets the audio of item ``derange[i]``, another speaker's clip)."""
+    if kind == "silence":
+        return [torch.zeros_like(b["audio"]) for b in batches]
+    flat = torch.cat([b["audio"] for b in batches])
+    out, start = [], 0
+    for b in batches:
+        n = b["audio"].shape[0]
+        out.append(flat[torch.as_tensor(derange[start : start + n])])
+        start += n
+    return out
 
 
 # -- the entry point --------------------------------------------------------------------------------
@@ -407,7 +561,12 @@ def evaluate_loaded(
     run_id: str | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate an already loaded model (``singer.inference.LoadedModel``); writes nothing."""
+    """Evaluate an already loaded model (``singer.inference.LoadedModel``); writes nothing.
+
+    Per protocol seed, every batch is generated with its true audio and, with the same noise,
+    with each control's audio (``protocol.controls``); the audio-driven metrics (motion, sync)
+    score every condition against the clip's truth. Values go item → clip → unit (speaker).
+    """
     from tqdm.auto import tqdm
 
     if loaded.spec.sample is None:
@@ -427,11 +586,28 @@ def evaluate_loaded(
         count=protocol.num_clips,
         data_cache=data_cache,
         progress=progress,
+        windows_per_clip=protocol.windows_per_clip,
     )
-    clip_ids = [
-        f"{cid}@{int(start)}" for b in batches for cid, start in zip(b["clip_id"], b["start"])
-    ]
+    item_clips = [str(c) for b in batches for c in b["clip_id"]]
+    unit_of_clip = {
+        str(c): str(u) for b in batches for c, u in zip(b["clip_id"], b["speaker_id"], strict=True)
+    }
     sr, fps = loaded.sample_rate, loaded.fps
+    notes: list[str] = []
+
+    controls = list(protocol.controls)
+    derange: list[int] = []
+    if "deranged" in controls:
+        try:
+            derange = derangement(
+                [unit_of_clip[c] for c in item_clips], seed=protocol.derangement_seed
+            )
+        except ValueError:
+            controls.remove("deranged")
+            notes.append("the deranged-audio control needs at least 2 evaluated windows; skipped")
+        if derange and len(set(unit_of_clip.values())) < 2:
+            notes.append("one speaker only: the deranged control uses another clip of that speaker")
+    control_audios = {kind: control_audio(kind, batches, derange) for kind in controls}
 
     def eval_batch(batch, video, audio):
         return make_eval_batch(batch, video, audio, sample_rate=sr, fps=fps)
@@ -446,13 +622,25 @@ def evaluate_loaded(
         sensitivity = BandSensitivity(protocol.bands, face_cue_names(), band_metrics, eval_batch)
 
     per_seed: dict[str, list[float]] = {}
-    per_clip: dict[str, list[list[float]]] = {}
-    work = len(protocol.seeds) * len(batches) * (1 + (len(protocol.bands) if bands else 0))
+    clip_values: dict[str, list[dict[str, float]]] = {}
+    control_values: dict[str, dict[str, list[dict[str, float]]]] = {c: {} for c in controls}
+    generations = 1 + len(controls) + (len(protocol.bands) if bands else 0)
     bar = tqdm(
-        total=work, desc=f"evaluate {loaded.spec.name}", unit="clip-batch", disable=not progress
+        total=len(protocol.seeds) * len(batches) * generations,
+        desc=f"evaluate {loaded.spec.name}",
+        unit="batch",
+        disable=not progress,
     )
     for s_index, seed in enumerate(protocol.seeds):
         metrics = metric_set if s_index == 0 else build_metrics(protocol)
+        controlled = {
+            kind: {
+                n: m
+                for n, m in build_metrics(protocol).items()
+                if getattr(m, "audio_driven", False)
+            }
+            for kind in controls
+        }
         if sensitivity is not None:
             sensitivity.start_seed()
         for b, batch in enumerate(batches):
@@ -461,6 +649,21 @@ def evaluate_loaded(
             eb = eval_batch(batch, video, batch["audio"])
             for metric in metrics.values():
                 metric.update(eb)
+            # Controls: the same noise, another audio; scored against the clip's own truth and
+            # audio (the intervention is on the model's input only).
+            for kind in controls:
+                if controlled[kind]:
+                    other = generate_batch(
+                        loaded,
+                        batch,
+                        protocol,
+                        seed=seed,
+                        batch_index=b,
+                        audio=control_audios[kind][b],
+                    )
+                    for metric in controlled[kind].values():
+                        metric.update(eval_batch(batch, other, batch["audio"]))
+                bar.update(1)
             if sensitivity is not None:
                 sensitivity.add_full(batch, video, batch["audio"])
                 for i, (lo, hi) in enumerate(protocol.bands):
@@ -475,34 +678,64 @@ def evaluate_loaded(
                     band_video = generate_batch(
                         loaded, batch, protocol, seed=seed, batch_index=b, audio=stopped
                     )
-                    # Metrics score the output against the clip's own (full-band) audio: the band
-                    # stop is an intervention on the model's input, not on what it is judged by.
                     sensitivity.add_band(i, batch, band_video, batch["audio"])
                     bar.update(1)
         for metric in metrics.values():
             for key, value in metric.compute().items():
                 per_seed.setdefault(key, []).append(float(value))
-            for key, values in metric.per_clip().items():
-                per_clip.setdefault(key, []).append([float(v) for v in values])
+            for key, values in _clip_level(metric, item_clips).items():
+                clip_values.setdefault(key, []).append(values)
+        for kind in controls:
+            for metric in controlled[kind].values():
+                for key, values in _clip_level(metric, item_clips).items():
+                    control_values[kind].setdefault(key, []).append(values)
         if sensitivity is not None:
             sensitivity.end_seed()
     bar.close()
-    values, ci = _summarise(per_seed, per_clip, protocol)
+
+    for kind, values in control_values.items():
+        for key, per_seed_values in values.items():
+            clip_values[f"control/{kind}/{key}"] = per_seed_values
+        prefix = "audio_effect" if kind == "deranged" else f"audio_effect_vs_{kind}"
+        clip_values.update(audio_effects(clip_values, values, prefix))
+    units, intervals = summarise_units(clip_values, unit_of_clip, protocol)
+    summary, ci, n, kind = {}, {}, {}, {}
+    for key, interval in intervals.items():
+        summary[key], ci[key], n[key] = interval.estimate, (interval.lo, interval.hi), interval.n
+        kind[key] = "speakers"
+    for key, values in per_seed.items():  # set-level metrics: over seeds
+        if key in summary:
+            continue
+        interval = unit_interval(
+            dict(enumerate(values)), n_boot=protocol.bootstrap, alpha=protocol.alpha, unit="seeds"
+        )
+        summary[key], ci[key], n[key] = nanmean(values), (interval.lo, interval.hi), interval.n
+        kind[key] = "seeds"
 
     result = EvalResult(
-        metrics=values,
+        metrics=summary,
         ci=ci,
         protocol=protocol,
         model=loaded.spec.name,
         step=loaded.step,
         checkpoint=str(checkpoint),
         split=split,
-        clip_ids=clip_ids,
+        clip_ids=sorted(unit_of_clip),
         run_id=run_id,
         per_seed=per_seed,
+        n=n,
+        units=units,
+        unit_of_clip=unit_of_clip,
+        unit_kind=kind,
+        windows=len(item_clips),
+        notes=notes,
     )
     if sensitivity is not None:
-        result.bands = sensitivity.table(n_boot=protocol.bootstrap, alpha=protocol.alpha)
+        result.bands = sensitivity.table(
+            n_boot=protocol.bootstrap,
+            alpha=protocol.alpha,
+            units=[unit_of_clip[c] for c in item_clips],
+        )
     if probes:
         result.probes, result.probe_errors = _run_probes(loaded, protocol, data_cache, progress)
     return result
@@ -603,11 +836,20 @@ def log_to_mlflow(
                 "logging the evaluation to a new run",
                 stacklevel=2,
             )
+        name = (
+            f"eval-videos-{Path(result.checkpoint).name}"
+            if result.source == "videos"
+            else f"eval-{Path(result.checkpoint).parent.parent.name}"
+        )
         run = tracking.start_run(
             experiment,
-            run_name=f"eval-{Path(result.checkpoint).parent.parent.name}",
+            run_name=name,
             uri=uri,
-            tags={"eval.checkpoint": result.checkpoint, "model": result.model},
+            tags={
+                "eval.checkpoint": result.checkpoint,
+                "model": result.model,
+                "eval.source": result.source,
+            },
         )
         run.end("FINISHED")
     run.log_metrics(result.mlflow_metrics(), step=result.step)

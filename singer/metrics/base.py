@@ -18,7 +18,9 @@ class EvalBatch:
     audio:       B×S mono waveform at ``sample_rate`` that drove the generation.
     cues:        B×F×K ground-truth per-frame cues in ``singer.data.synth.CUES`` order (or None).
     has_cues:    B bool, whether ``cues`` is real for that clip (prepared real data has none).
-    clip_ids:    B identifiers, for per-clip reports.
+    clip_ids:    B identifiers of the clips the items (windows) come from.
+    starts:      B first frame of each item within its clip (orders a clip's windows).
+    causes:      B×F×C SynthSing audio causes in ``singer.data.dataset.CAUSES`` order (or None).
     """
 
     generated: torch.Tensor
@@ -29,20 +31,28 @@ class EvalBatch:
     cues: torch.Tensor | None = None
     has_cues: torch.Tensor | None = None
     clip_ids: list[str] | None = None
+    starts: list[int] | None = None
+    causes: torch.Tensor | None = None
 
 
 class Metric:
     """Base class. Subclasses register with ``@METRICS.register(name)``.
 
     ``compute()`` returns ``{metric_name: value}`` (one metric may report several keys, e.g.
-    ``sync_c`` and ``sync_d``). ``per_clip()`` returns ``{metric_name: [value per clip]}`` for
-    metrics defined per clip (SSIM, PSNR, cue errors), which the evaluator bootstraps for
-    confidence intervals; set-level metrics (FID, FVD) return ``{}``.
+    ``sync_c`` and ``sync_d``). ``per_clip()`` returns ``{metric_name: [value per item]}``, one
+    value per evaluated item (a window of a clip) in the order seen, for metrics defined per
+    item (SSIM, PSNR, cue errors); set-level metrics (FID, FVD) return ``{}``. The evaluator
+    averages items into clips and clips into independent units (speakers) before it bootstraps.
+    A metric for which a clip is more than the mean of its windows (a correlation over the
+    clip's frames) also implements ``clip_values()``.
     """
 
     name: str = ""
     # False for metrics that describe only the driving audio (the band ablation skips them).
     reads_video: bool = True
+    # True for metrics that score how the video follows the audio or its truth (motion, sync):
+    # the evaluator also computes them on the audio controls (another clip's audio, silence).
+    audio_driven: bool = False
 
     def reset(self) -> None:
         raise NotImplementedError
@@ -55,3 +65,8 @@ class Metric:
 
     def per_clip(self) -> dict[str, list[float]]:
         return {}
+
+    def clip_values(self) -> dict[str, dict[str, float]] | None:
+        """``{key: {clip_id: value}}`` computed over all items of each clip, or None when a
+        clip's value is simply the mean of its items' ``per_clip()`` values."""
+        return None

@@ -95,6 +95,8 @@ def lse_scores(
 class _SyncMetric(Metric):
     """Shared per-clip LSE bookkeeping; subclasses embed windows."""
 
+    audio_driven = True
+
     keys: tuple[str, str] = ("", "")
 
     def __init__(self, *, vshift: int = 15, padding: str = "zeros"):

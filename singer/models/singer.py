@@ -12,18 +12,27 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from singer.diffusion import GaussianDiffusion, cfg_combine, drop_conditions
-from singer.models.spec import Conditions, ModelSpec, component_init, register_model_spec
+from singer.diffusion import GaussianDiffusion, cfg_combine, diffusion_for_codec, drop_conditions
+from singer.models.spec import (
+    Conditions,
+    ModelSpec,
+    component_init,
+    dropout_on,
+    register_model_spec,
+)
 from singer.registry import BACKBONES, CODECS, FRONTENDS
 
 
 class AudioDrivenDiffusion(nn.Module):
     """Generates frames ``B×3×F×H×W`` from audio, a reference frame and motion frames.
 
-    Classifier-free guidance: during training the audio tokens and the reference frame are
-    each zeroed for a random ``audio_dropout`` / ``ref_dropout`` fraction of the batch; the
-    unconditional branch at sampling zeroes the conditions named in ``guidance_drop`` the
-    same way, so training and sampling see the same "no condition" input.
+    Classifier-free guidance: during training the audio and the reference frame are each
+    dropped for a random ``audio_dropout`` / ``ref_dropout`` fraction of the batch; the
+    unconditional branch at sampling drops the conditions named in ``guidance_drop`` the same
+    way. A dropped condition is what the backbone learns as "absent" (its learned null audio
+    token, its reference-absent flag or null reference token), passed as per-sample keep masks,
+    so training and sampling see the same "no condition" input, and it is never a zero tensor
+    the backbone could mistake for silence or a black frame.
     """
 
     def __init__(
@@ -69,9 +78,7 @@ class AudioDrivenDiffusion(nn.Module):
     ) -> torch.Tensor:
         num_frames = x_t.shape[2]
         tokens = self.frontend(audio, num_frames, x_t=x_t, t=t)
-        tokens = tokens * audio_keep.to(tokens.dtype).view(-1, 1, 1, 1)
-        ref = ref * ref_keep.to(ref.dtype).view(-1, 1, 1, 1)
-        return self.backbone(x_t, t, tokens, ref, motion)
+        return self.backbone(x_t, t, tokens, ref, motion, audio_keep=audio_keep, ref_keep=ref_keep)
 
     # -- training -----------------------------------------------------------------------
     def training_loss(self, batch: dict, generator: torch.Generator | None = None):
@@ -82,8 +89,12 @@ class AudioDrivenDiffusion(nn.Module):
         motion = self._motion(batch.get("motion"))
         audio = batch["audio"]
         batch_size = video.shape[0]
-        audio_keep = ~drop_conditions(batch_size, self.audio_dropout, generator).to(video.device)
-        ref_keep = ~drop_conditions(batch_size, self.ref_dropout, generator).to(video.device)
+        audio_keep = ~drop_conditions(
+            batch_size, self.audio_dropout * dropout_on(batch), generator
+        ).to(video.device)
+        ref_keep = ~drop_conditions(batch_size, self.ref_dropout * dropout_on(batch), generator).to(
+            video.device
+        )
 
         def denoise(x_t, t):
             return self._denoise(x_t, t, audio, ref, motion, audio_keep, ref_keep)
@@ -166,7 +177,7 @@ def build_audio_driven_diffusion(cfg) -> AudioDrivenDiffusion:
             motion_frames=model_cfg.motion_frames,
             **_kwargs(cfg.backbone),
         )
-    diffusion = GaussianDiffusion(**_kwargs(model_cfg.diffusion))
+    diffusion = diffusion_for_codec(_kwargs(model_cfg.diffusion), codec)
     return AudioDrivenDiffusion(
         frontend,
         backbone,

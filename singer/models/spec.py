@@ -35,6 +35,12 @@ class Conditions:
     extras: dict[str, Any] | None = None
 
 
+def dropout_on(batch: dict) -> float:
+    """1.0, or 0.0 when the batch asks for no condition dropout (``batch["condition_dropout"]``
+    False: validation, whose loss should not depend on which conditions a coin dropped)."""
+    return 1.0 if batch.get("condition_dropout", True) else 0.0
+
+
 LossFn = Callable[[nn.Module, dict, torch.Generator | None], tuple[torch.Tensor, dict[str, float]]]
 SampleFn = Callable[..., torch.Tensor]
 
