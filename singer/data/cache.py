@@ -23,7 +23,11 @@ def _file_lock(path: Path):
 def synthsing_dir(
     root: str | Path, *, clips: int, seconds: float, kind: str, seed: int, size: int
 ) -> Path:
-    return Path(root) / "synthsing" / f"{kind}-n{clips}-seed{seed}-{size}px-{seconds:g}s"
+    from singer.data.synth import SYNTH_VERSION
+
+    # The generator version is part of the name: a cache of an older SynthSing is never reused.
+    name = f"{kind}-n{clips}-seed{seed}-{size}px-{seconds:g}s-v{SYNTH_VERSION}"
+    return Path(root) / "synthsing" / name
 
 
 def ensure_synthsing(

@@ -50,7 +50,7 @@ import argparse
 import json
 import math
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -65,7 +65,12 @@ ESTIMATED_CUES = ("mouth_open", "mouth_width", "brow", "sway", "eye_close")
 CUES = FACE_CUES
 KINDS = ("singing", "talking")
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # 2: clips are cut from a longer performance (LEAD_SECONDS)
+# Every clip is cut from a performance that started LEAD_SECONDS (uniform) earlier, so clips
+# begin anywhere in a phrase. Had every clip begun with the performance (a rest, then the first
+# note), any two unrelated clips would share that rise: mouth opening correlated r ≈ 0.3 between
+# clips of different speakers, a motion score earned by the time axis alone.
+LEAD_SECONDS = (0.5, 1.5)
 TRUTH_DECIMALS = 5
 
 # ---------------------------------------------------------------------------------------------
@@ -763,11 +768,21 @@ def synth_clip(
     if speaker is None:
         speaker = sample_speaker(rng)
 
+    # The performance starts `lead` frames before the clip (see LEAD_SECONDS).
+    lead = int(rng.integers(round(LEAD_SECONDS[0] * fps), round(LEAD_SECONDS[1] * fps) + 1))
+    lead_samples = int(round(lead / fps * sample_rate))
+    total_samples = lead_samples + num_samples
     wave, ctl, events = synth_audio(
-        rng, kind, speaker.voice, num_samples=num_samples, sample_rate=sample_rate
+        rng, kind, speaker.voice, num_samples=total_samples, sample_rate=sample_rate
     )
+    # Cut the clip out: the controls lose the lead, event times shift by it (an event that began
+    # before the clip still shapes its first frames: a held note, a nod under way).
+    ctl = {name: values[..., lead_samples:] for name, values in ctl.items()}
+    events = [replace(ev, start=ev.start - lead / fps) for ev in events]
     causes = _frame_causes(ctl, events, num_frames, fps, sample_rate)
     face = face_laws(causes, ctl, events, kind=kind, voice=speaker.voice, fps=fps, sr=sample_rate)
+    wave = wave[lead_samples:]
+    wave = (0.5 * wave / (np.abs(wave).max() + 1e-9)).astype(np.float32)  # peak at -6 dBFS again
     frames = render_face(face, speaker.identity, size)
 
     truth = {name: [round(float(v), TRUTH_DECIMALS) for v in causes[name]] for name in AUDIO_CAUSES}
@@ -783,7 +798,8 @@ def synth_clip(
         "num_frames": num_frames,
         "num_samples": num_samples,
         "seconds": num_frames / fps,
-        "num_events": len(events),
+        "num_events": sum(ev.start >= 0 for ev in events),
+        "lead_seconds": lead / fps,
         "truth": truth,
     }
     return frames, wave, record
