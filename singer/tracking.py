@@ -61,22 +61,33 @@ def client(uri: str | None = None):
     return MlflowClient(tracking_uri=resolved)
 
 
+# MLflow 3's UI opens an experiment by its kind: without this tag it may guess "GenAI" and open
+# on an empty traces overview instead of the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(name: str, uri: str | None = None) -> str:
-    """Experiment id for ``name``. Create it in one process (the driver) before parallel jobs
-    start: concurrent first writers race on the sqlite schema."""
+    """Experiment id for ``name``, tagged as a model-training experiment. Create it in one
+    process (the driver) before parallel jobs start: concurrent first writers race on the
+    sqlite schema."""
     c = client(uri)
     experiment = c.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             c.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    try:
-        return c.create_experiment(name)
-    except Exception:  # created by someone else in the meantime
-        experiment = c.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+        experiment_id = experiment.experiment_id
+    else:
+        try:
+            experiment_id = c.create_experiment(name, tags=EXPERIMENT_KIND)
+        except Exception:  # created by someone else in the meantime
+            experiment = c.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            experiment_id = experiment.experiment_id
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment is None or experiment.tags.get(key) != value:
+            c.set_experiment_tag(experiment_id, key, value)
+    return experiment_id
 
 
 @lru_cache(maxsize=1)

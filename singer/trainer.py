@@ -260,27 +260,36 @@ def _resize_batch(batch: dict, size: int) -> dict:
     return out
 
 
+def data_cache(cfg: DictConfig, *, workers: int = 1, progress: bool = True) -> Path:
+    """The prepared clip cache of a config: ``data.cache_dir``, or SynthSing generated and
+    prepared on first use (``workers`` processes generate it)."""
+    from singer.data.cache import ensure_synthsing
+
+    data = cfg.data
+    if data.get("cache_dir"):
+        return Path(data.cache_dir)
+    synth = data.synth
+    return ensure_synthsing(
+        data.root,
+        clips=synth.clips,
+        seconds=synth.seconds,
+        kind=synth.kind,
+        seed=synth.seed,
+        size=synth.size,
+        fps=data.fps,
+        sample_rate=data.sample_rate,
+        clip_size=cfg.trainer.size,
+        workers=workers,
+        progress=progress,
+    )
+
+
 def build_datasets(cfg: DictConfig) -> tuple[Dataset, Dataset, Path]:
     """Train and validation ClipDatasets for the config (SynthSing generated on first use)."""
-    from singer.data.cache import ensure_synthsing
     from singer.data.dataset import ClipDataset
 
     data = cfg.data
-    if data.cache_dir:
-        cache = Path(data.cache_dir)
-    else:
-        synth = data.synth
-        cache = ensure_synthsing(
-            data.root,
-            clips=synth.clips,
-            seconds=synth.seconds,
-            kind=synth.kind,
-            seed=synth.seed,
-            size=synth.size,
-            fps=data.fps,
-            sample_rate=data.sample_rate,
-            clip_size=cfg.trainer.size,
-        )
+    cache = data_cache(cfg)
     kinds = list(data.kinds) if data.kinds else None
     common = dict(
         num_frames=cfg.trainer.num_frames,
@@ -649,12 +658,7 @@ class Trainer:
 
         batch = _to_device(_resize_batch(default_collate([dataset[0]]), self.tc.size), self.device)
         generator = torch.Generator(device=self.noise_gen.device).manual_seed(self.cfg.seed + 777)
-        conditions = Conditions(
-            audio=batch["audio"],
-            ref=batch["ref"],
-            num_frames=batch["video"].shape[2],
-            motion=batch["motion"],
-        )
+        conditions = Conditions.from_batch(batch, device=self.device)
         video = self.spec.sample(
             self.ema.model,
             conditions,

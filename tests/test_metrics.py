@@ -471,3 +471,77 @@ def test_every_metric_builds_and_survives_reset_update_compute(name, request):
         )
         for key, clips in metric.per_clip().items():
             assert key in values and len(clips) == 2 * b
+
+
+# -- LPIPS (random weights of the right format, saved to temporary files) --------------------------
+@pytest.fixture(scope="module")
+def lpips_files(tmp_path_factory):
+    from torchvision import models
+
+    root = tmp_path_factory.mktemp("lpips")
+    torch.manual_seed(0)
+    alexnet = models.alexnet(weights=None)
+    backbone = root / "alexnet.pth"
+    torch.save(alexnet.state_dict(), backbone)
+    channels = (64, 192, 384, 256, 256)
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(channels)}
+    lin_path = root / "alex.pth"
+    torch.save(lin, lin_path)
+    return alexnet, lin, backbone, lin_path
+
+
+def test_lpips_needs_both_local_files_and_names_the_keys(tmp_path):
+    with pytest.raises(MissingWeightsError, match="metric_kwargs.lpips.backbone_weights"):
+        METRICS.build("lpips")
+    fake = tmp_path / "backbone.pth"
+    fake.write_bytes(b"x")
+    with pytest.raises(MissingWeightsError, match="metric_kwargs.lpips.lin_weights"):
+        METRICS.build("lpips", backbone_weights=str(fake), backbone_sha256=sha256_file(fake))
+    with pytest.raises(WeightsChecksumError):
+        METRICS.build("lpips", backbone_weights=str(fake), backbone_sha256="0" * 64)
+
+
+def test_lpips_matches_the_published_formula(lpips_files):
+    """Zero for identical frames, symmetric, and equal to an independent computation of the
+    formula on torchvision's AlexNet with the same weights."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    alexnet, lin, backbone, lin_path = lpips_files
+    metric = METRICS.build(
+        "lpips",
+        backbone_weights=str(backbone),
+        lin_weights=str(lin_path),
+        backbone_sha256=sha256_file(backbone),
+        lin_sha256=sha256_file(lin_path),
+        device="cpu",
+    )
+    a, b = _video(0, b=2, f=2, size=64), _video(1, b=2, f=2, size=64)
+    metric.update(_batch(a, a))
+    assert metric.compute()["lpips"] == pytest.approx(0.0, abs=1e-7)
+    metric.reset()
+    metric.update(_batch(a, b))
+    forward = metric.per_clip()["lpips"]
+    metric.reset()
+    metric.update(_batch(b, a))
+    assert metric.per_clip()["lpips"] == pytest.approx(forward, rel=1e-5)
+
+    nodes = {f"features.{i}": f"t{k}" for k, i in enumerate((1, 4, 7, 9, 11))}
+    extractor = create_feature_extractor(alexnet.eval(), return_nodes=nodes)
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+
+    def frames(v):
+        return v.transpose(1, 2).reshape(-1, 3, 64, 64)
+
+    with torch.no_grad():
+        fa, fb = extractor((frames(a) - shift) / scale), extractor((frames(b) - shift) / scale)
+        total = 0
+        for k in range(5):
+            x, y = fa[f"t{k}"], fb[f"t{k}"]
+            x = x / (x.norm(dim=1, keepdim=True) + 1e-10)
+            y = y / (y.norm(dim=1, keepdim=True) + 1e-10)
+            weight = lin[f"lin{k}.model.1.weight"].view(1, -1, 1, 1)
+            total = total + ((x - y) ** 2 * weight).sum(dim=1).mean(dim=(1, 2))
+    expected = total.reshape(2, 2).mean(dim=1).tolist()
+    assert forward == pytest.approx(expected, rel=1e-4)
+    assert min(forward) > 0

@@ -392,3 +392,52 @@ def test_command_line(tmp_path):
         cwd=Path(__file__).parents[1],
     )
     assert missing.returncode == 2 and "is not a folder" in missing.stderr
+
+
+def test_speakers_come_from_a_sidecar_or_a_pattern_and_splits_keep_them_apart(tmp_path):
+    """Two videos per person in one folder each: the pattern (or a sidecar) names the speaker,
+    the split never puts one speaker on both sides, and re-labelling needs no re-decoding."""
+    from singer.data.dataset import ClipDataset, read_index
+    from singer.data.prepare import main
+
+    src = tmp_path / "src"
+    people = [f"person{i}" for i in range(6)]
+    for person in people:
+        for take in (1, 2):
+            path = src / person / f"take{take}.mp4"
+            write_mp4(path, indexed_frames(30), 25, tone(440, 1.2, 16000), 16000)
+    out = tmp_path / "cache"
+    args = ["--src", str(src), "--out", str(out), "--size", "32", "--no-detect", "--quiet"]
+    assert main([*args, "--speaker-pattern", "^(?P<speaker>[^/]+)/"]) == 0
+    speakers = {r["source"]: r["speaker_id"] for r in read_index(out)}
+    assert speakers == {f"{p}/take{t}.mp4": p for p in people for t in (1, 2)}
+    assert json.loads((out / "report.json").read_text())["counts"]["speakers"] == 6
+
+    train = ClipDataset(out, split="train", num_frames=8, val_fraction=0.3, test_fraction=0.2)
+    held = {
+        split: {
+            c["speaker_id"]
+            for c in ClipDataset(
+                out, split=split, num_frames=8, val_fraction=0.3, test_fraction=0.2
+            ).clips
+        }
+        for split in ("val", "test")
+    }
+    trained = {c["speaker_id"] for c in train.clips}
+    assert held["val"] and held["test"] and trained
+    assert (
+        not trained & held["val"] and not trained & held["test"] and not held["val"] & held["test"]
+    )
+
+    # A sidecar (by file stem or path) re-labels the finished cache: nothing is decoded again.
+    (src / "speakers.csv").write_text(
+        "path,speaker\nperson0/take1.mp4,alice\nperson0/take2.mp4,alice\n"
+    )
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["cached"] == 12
+    labels = {r["source"]: r["speaker_id"] for r in read_index(out)}
+    assert labels["person0/take1.mp4"] == "alice" and labels["person1/take1.mp4"] is None
+
+    (tmp_path / "bad.csv").write_text("only-one-column\n")
+    assert main([*args, "--speakers", str(tmp_path / "bad.csv")]) == 2

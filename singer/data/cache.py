@@ -41,6 +41,7 @@ def ensure_synthsing(
     fps: float = 25,
     sample_rate: int = 16000,
     clip_size: int = 64,
+    workers: int = 1,
     progress: bool = True,
 ) -> Path:
     """Generate SynthSing into ``root`` and prepare it at ``clip_size`` px; return the cache dir.
@@ -64,6 +65,7 @@ def ensure_synthsing(
                 seconds=seconds,
                 fps=fps,
                 sample_rate=sample_rate,
+                workers=workers,
                 progress=progress,
             )
             done.write_text(json.dumps({"clips": clips}))

@@ -161,6 +161,8 @@ class ClipDataset(Dataset):
       its first frame is repeated in front
     - ``cues`` ``F×K`` float32 per-frame truth in :func:`face_cue_names` order (zeros without truth)
     - ``has_cues`` bool, ``clip_id`` str, ``kind`` str, ``start`` int (first frame in the clip)
+    - ``ref_cues`` ``K`` and ``motion_cues`` ``M×K``: the truth cues of the ``ref`` and ``motion``
+      frames (zeros without truth; the face-parameter proxy is conditioned on them)
     - ``causes`` ``F×C`` float32 SynthSing audio causes in :data:`CAUSES` order (zeros without)
     - ``identity`` ``IDENTITY_DIM`` float32 SynthSing look (zeros without), ``has_identity`` bool
     - ``speaker_id`` str: the clip's split and statistics unit (:func:`clip_group`)
@@ -278,10 +280,13 @@ class ClipDataset(Dataset):
         first_sample = round(start * self.sample_rate / self.fps)
         wave = fit_length(audio[first_sample : first_sample + self.num_samples], self.num_samples)
         cues = self._cues[position]
+        ref_row = self.reference_index(index)
         if cues is not None:
-            window_cues = cues[start:stop]
+            window_cues, ref_cues, motion_cues = cues[start:stop], cues[ref_row], cues[motion_rows]
         else:
             window_cues = np.zeros((self.num_frames, len(self.cue_names)), dtype=np.float32)
+            ref_cues = np.zeros(len(self.cue_names), dtype=np.float32)
+            motion_cues = np.zeros((len(motion_rows), len(self.cue_names)), dtype=np.float32)
         causes = self._causes[position]
         window_causes = (
             causes[start:stop]
@@ -291,12 +296,14 @@ class ClipDataset(Dataset):
         return {
             "video": to_video(frames[start:stop]),
             "audio": torch.from_numpy(np.array(wave, dtype=np.float32)),
-            "ref": to_video(frames[self.reference_index(index)][None])[:, 0],
+            "ref": to_video(frames[ref_row][None])[:, 0],
             "motion": to_video(frames[motion_rows])
             if motion_rows
             else torch.zeros(3, 0, *frames.shape[1:3]),
             "cues": torch.from_numpy(np.array(window_cues, dtype=np.float32)),
             "has_cues": cues is not None,
+            "ref_cues": torch.from_numpy(np.array(ref_cues, dtype=np.float32)),
+            "motion_cues": torch.from_numpy(np.array(motion_cues, dtype=np.float32)),
             "causes": torch.from_numpy(np.array(window_causes, dtype=np.float32)),
             "identity": torch.from_numpy(identity_vector(clip.get("identity"))),
             "has_identity": bool(clip.get("identity")),

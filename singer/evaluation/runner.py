@@ -183,24 +183,9 @@ def _cache_dir(cfg, data_cache: str | Path | None, progress: bool) -> Path:
     """The prepared clip cache to evaluate on: explicit, the config's, or SynthSing (made if needed)."""
     if data_cache:
         return Path(data_cache)
-    data = cfg.data
-    if data.get("cache_dir"):
-        return Path(data.cache_dir)
-    from singer.data.cache import ensure_synthsing
+    from singer.trainer import data_cache as config_cache
 
-    synth = data.synth
-    return ensure_synthsing(
-        data.root,
-        clips=synth.clips,
-        seconds=synth.seconds,
-        kind=synth.kind,
-        seed=synth.seed,
-        size=synth.size,
-        fps=data.fps,
-        sample_rate=data.sample_rate,
-        clip_size=cfg.trainer.size,
-        progress=progress,
-    )
+    return config_cache(cfg, progress=progress)
 
 
 def center_square(batch: dict) -> dict:
@@ -359,16 +344,6 @@ def load_probe_batches(
 
 
 # -- generation and metrics -------------------------------------------------------------------------
-def conditions_extras(batch: dict, device) -> dict:
-    """What a batch offers models beyond audio, reference and motion (``Conditions.extras``):
-    the SynthSing identity ``B×IDENTITY_DIM`` where the data carry it (the face-parameter proxy
-    renders with it; every other model ignores it)."""
-    extras = {}
-    if "identity" in batch and bool(torch.as_tensor(batch.get("has_identity", False)).all()):
-        extras["identity"] = batch["identity"].to(device)
-    return extras
-
-
 def generate_batch(
     loaded,
     batch: dict,
@@ -388,14 +363,7 @@ def generate_batch(
     device = loaded.device
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
     generator.manual_seed(int(seed) * SEED_STRIDE + int(batch_index))
-    wav = batch["audio"] if audio is None else audio
-    conditions = Conditions(
-        audio=wav.to(device),
-        ref=batch["ref"].to(device),
-        num_frames=batch["video"].shape[2],
-        motion=batch["motion"].to(device),
-        extras=conditions_extras(batch, device),
-    )
+    conditions = Conditions.from_batch(batch, audio=audio, device=device)
     video = loaded.spec.sample(
         loaded.model,
         conditions,

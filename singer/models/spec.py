@@ -26,6 +26,10 @@ class Conditions:
     audio:  B×S waveform (mono, ``sample_rate`` Hz), aligned with the F frames to generate.
     ref:    B×3×H×W reference frame in [-1, 1] (identity).
     motion: B×3×M×H×W frames that precede the clip (clean), or None at the start of a video.
+    extras: what else the data offer. Where they carry SynthSing truth: ``identity``
+            ``B×IDENTITY_DIM``, and the face parameters of the reference and motion frames,
+            ``ref_cues`` ``B×K`` and ``motion_cues`` ``B×M×K``. The face-parameter proxy is
+            conditioned on and renders with them; other models ignore them.
     """
 
     audio: torch.Tensor
@@ -33,6 +37,29 @@ class Conditions:
     num_frames: int
     motion: torch.Tensor | None = None
     extras: dict[str, Any] | None = None
+
+    @classmethod
+    def from_batch(
+        cls, batch: dict, *, audio: torch.Tensor | None = None, device=None
+    ) -> Conditions:
+        """The conditions of a collated dataset batch (``audio`` replaces the batch's own)."""
+
+        def to(x):
+            return x.to(device) if device is not None else x
+
+        extras = {}
+        if "identity" in batch and bool(torch.as_tensor(batch.get("has_identity", False)).all()):
+            extras["identity"] = to(batch["identity"])
+        if "ref_cues" in batch and bool(torch.as_tensor(batch.get("has_cues", False)).all()):
+            extras["ref_cues"] = to(batch["ref_cues"])
+            extras["motion_cues"] = to(batch["motion_cues"])
+        return cls(
+            audio=to(batch["audio"] if audio is None else audio),
+            ref=to(batch["ref"]),
+            num_frames=batch["video"].shape[2],
+            motion=to(batch["motion"]) if batch.get("motion") is not None else None,
+            extras=extras,
+        )
 
 
 def dropout_on(batch: dict) -> float:

@@ -186,6 +186,10 @@ def _ui_hint(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
+def _ui_base(uri: str) -> str:
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
 # -- the driver -------------------------------------------------------------------------------
 class SweepDriver:
     def __init__(
@@ -346,6 +350,22 @@ class SweepDriver:
             self.study.set_user_attr("mlflow.parent_run_id", self.parent.run_id)
             self.study.set_user_attr("mlflow.tracking_uri", uri)
         self._save_state()
+
+    def _prepare_data(self) -> None:
+        """Generate the sweep's data once, with all its workers, before any job starts (jobs
+        would otherwise wait on each other's lock while the first one generates it alone)."""
+        from singer.config import compose
+        from singer.trainer import data_cache
+
+        configs = self.spec.planned_configurations() or [None]
+        overrides = merge_overrides(self.spec.overrides, configs[0].overrides if configs[0] else [])
+        try:
+            cfg = compose(overrides)
+            if not cfg.data.get("cache_dir"):
+                self._log("preparing the sweep's data (once, before the jobs) ...")
+                data_cache(cfg, workers=max(1, self.spec.parallel), progress=self.show_progress)
+        except Exception as err:  # noqa: BLE001 - the jobs will report it, each with its own error
+            self._log(f"[yellow]could not prepare the data up front: {escape(_reason(err))}[/]")
 
     def _make_executor(self) -> None:
         from singer.launch import make_executor
@@ -695,12 +715,14 @@ class SweepDriver:
         self._open_tracking()
         self._make_executor()
         self._enqueue_planned()
+        self._prepare_data()
         spec = self.spec
         self._log(
             f"[bold]sweep {spec.name}[/]: {self.target} trials × {len(spec.seeds)} seeds on {self.launcher}, "
             f"{spec.parallel} job(s) at a time; output {self.out_dir}"
         )
         status = "FAILED"
+        report = None
         try:
             with SweepProgress(
                 spec.name, self.target, console=self.console, enabled=self.show_progress
@@ -723,6 +745,7 @@ class SweepDriver:
                         time.sleep(self.poll_s)
                 self.progress = None
             status = "FINISHED"
+            report = self._report()
         except KeyboardInterrupt:
             status = "KILLED"
             self._log(
@@ -735,9 +758,62 @@ class SweepDriver:
             summary = self._summarize()
             self.parent.end(status)
         self._print_summary(summary)
+        if report is not None:
+            self._print_report(report)
         return summary
 
     # -- the end ------------------------------------------------------------------------------
+    def _arms(self) -> list:
+        from singer.sweeps import report as R
+
+        arms = []
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state.name != "COMPLETE":
+                continue
+            params = {k: v for k, v in t.params.items() if k != VARIANT_PARAM}
+            dirs = {s: self._trial_dir(t.number, s) for s in self.spec.seeds}
+            arms.append(
+                R.Arm(
+                    R.arm_label(t.user_attrs.get("variant") or "", params),
+                    t.number,
+                    params,
+                    dirs,
+                    {s: R.read_eval(d) for s, d in dirs.items()},
+                )
+            )
+        return arms
+
+    def _report(self) -> dict | None:
+        """The ``compare`` section's verdict, plots and videos (``singer.sweeps.report``).
+
+        Nothing here can fail the sweep: a problem is logged and the trials table stands.
+        """
+        compare = self.spec.compare
+        if compare is None:
+            return None
+        from singer.sweeps import report as R
+
+        try:
+            return R.build_report(
+                arms=self._arms(),
+                compare=compare,
+                evaluate=self.spec.evaluate,
+                best=self._best(),
+                out_dir=self.out_dir / R.REPORT_DIR,
+                parent=self.parent,
+                title=f"{self.spec.name}: {self.spec.description or 'verdict'}",
+                log=self._log,
+            )
+        except Exception as err:  # noqa: BLE001 - the sweep itself finished
+            self._log(f"[yellow]could not build the report: {escape(_reason(err))}[/]")
+            return None
+
+    def _print_report(self, report: dict) -> None:
+        from singer.sweeps import report as R
+
+        for line in R.console_lines(report):
+            self._log(line)
+
     def _rows(self) -> tuple[list[str], list[dict]]:
         """One row per trial: params, state, objective (mean) and per-seed values, runs, errors."""
         spec = self.spec
@@ -855,4 +931,8 @@ class SweepDriver:
             f"MLflow: {summary.tracking_uri}  experiment {summary.experiment!r}, parent run {summary.parent_run_id}"
         )
         say(f"  open the UI: {_ui_hint(summary.tracking_uri)}")
+        say(
+            f"  the answer: {_ui_base(summary.tracking_uri)}/#/experiments/{self.state.get('experiment_id')}"
+            f"/runs/{summary.parent_run_id} (the parent run; its description holds the verdict)"
+        )
         say(f"Optuna study {summary.name!r}: {summary.storage}")

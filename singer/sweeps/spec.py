@@ -36,6 +36,7 @@ TOP_KEYS = (
     "max_requeue",
     "mlflow",
     "evaluate",
+    "compare",
 )
 PARAM_TYPES = {
     "choice": ("type", "values"),
@@ -70,6 +71,7 @@ EVAL_PREFIX = "eval/"
 REPORTED_METRICS = ("val/loss", "val/mse", "train/loss")
 LIMIT_KEYS = ("trials", "parallel")
 EVALUATE_KEYS = ("protocol", "split", "bands", "probes")
+COMPARE_KEYS = ("reference", "metrics", "plot", "bands")
 EVAL_SPLITS = ("val", "train", "all")
 MLFLOW_KEYS = ("experiment", "tracking_uri")
 # Keys the sweep sets itself for every job; a sweep file may not set them.
@@ -224,6 +226,8 @@ class SweepSpec:
     evaluate: dict | None = (
         None  # {"protocol": [key=value ...], "split", "bands", "probes"}; None: no evaluation
     )
+    # {"reference": variant, "metrics": [eval keys], "plot": {"x", "hue"} | None, "bands": bool}
+    compare: dict | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived ------------------------------------------------------------------------------
@@ -314,6 +318,7 @@ class SweepSpec:
             "sweep.space": json.dumps({p.key: p.as_dict() for p in self.space}),
             "sweep.variants": json.dumps({k: list(v) for k, v in self.variants.items()}),
             "sweep.evaluate": json.dumps(self.evaluate),
+            "sweep.compare": json.dumps(self.compare),
         }
 
 
@@ -503,6 +508,50 @@ def _evaluate(check: _Checker, value: Any) -> dict | None:
         if not isinstance(flags[key], bool):
             raise check.error(f"evaluate.{key}", f"got {flags[key]!r}", "true | false")
     return {"protocol": overrides, "split": split, **flags}
+
+
+def _compare(check: _Checker, value: Any, spec_space, variants, evaluate) -> dict | None:
+    """The optional ``compare`` section: the verdict, plots and videos a sweep ends with
+    (``singer.sweeps.report``)."""
+    if value is None:
+        return None
+    section = check.mapping("compare", value, COMPARE_KEYS, required=("reference", "metrics"))
+    if evaluate is None:
+        raise check.error("compare", "needs an 'evaluate' section (it compares evaluations)")
+    reference = check.string("compare.reference", section["reference"])
+    if reference not in variants:
+        raise check.error(
+            "compare.reference", f"{reference!r} is not a variant", ", ".join(variants) or "(none)"
+        )
+    metrics = section["metrics"]
+    if not isinstance(metrics, list) or not metrics:
+        raise check.error("compare.metrics", f"got {metrics!r}", "a list of evaluation keys")
+    for i, metric in enumerate(metrics):
+        name = check.string(f"compare.metrics[{i}]", metric)
+        if name.startswith(EVAL_PREFIX):
+            raise check.error(
+                f"compare.metrics[{i}]",
+                f"write {name[len(EVAL_PREFIX) :]!r}",
+                "keys of metrics.json",
+            )
+    plot = section.get("plot")
+    if plot is not None:
+        plot = check.mapping("compare.plot", plot, ("x", "hue"), required=("x",))
+        keys = [p.key for p in spec_space]
+        for axis in ("x", "hue"):
+            if axis in plot and plot[axis] not in keys:
+                raise check.error(
+                    f"compare.plot.{axis}", f"{plot[axis]!r} is not in the space", ", ".join(keys)
+                )
+    bands = section.get("bands", False)
+    if not isinstance(bands, bool):
+        raise check.error("compare.bands", f"got {bands!r}", "true | false")
+    return {
+        "reference": reference,
+        "metrics": [str(m) for m in metrics],
+        "plot": plot,
+        "bands": bands,
+    }
 
 
 def _metric(
@@ -738,6 +787,8 @@ def parse_sweep(
             f"metric ({', '.join(OBJECTIVE_METRICS)})",
         )
 
+    compare = _compare(check, data.get("compare"), space, variants, evaluate)
+
     spec = SweepSpec(
         path=path,
         name=name,
@@ -759,6 +810,7 @@ def parse_sweep(
         experiment=experiment,
         tracking_uri=tracking_uri,
         evaluate=evaluate,
+        compare=compare,
         raw=dict(data),
     )
     if compose_check:
