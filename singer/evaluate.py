@@ -15,6 +15,8 @@ import argparse
 import math
 import sys
 
+from singer.cli import entry_point, fail
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -69,6 +71,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from singer.evaluation import evaluate_checkpoint, load_protocol
@@ -89,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print(
         f"{result.model} step {result.step}, protocol {result.protocol_hash}, {len(result.clip_ids)} clips "
         f"({result.split}), seeds {result.protocol.seeds}"
