@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from singer.cli import UserError, entry_point, fail
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -163,8 +165,7 @@ def videos_main(argv: list[str]) -> int:
             progress=not args.no_progress,
         )
     except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     for line in files:
         if line["status"] != "ok":
             print(f"{line['file']}: {line['status']} — {line['reason']}", file=sys.stderr)
@@ -180,6 +181,7 @@ def videos_main(argv: list[str]) -> int:
     return 0
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "videos":
@@ -203,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print_result(result)
     print(
         f"wrote {result.path}"

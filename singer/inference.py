@@ -1,8 +1,16 @@
-"""Loading trained models and generating videos of any length (clips chained by motion frames)."""
+"""Loading trained models and generating videos of any length (clips chained by motion frames).
+
+Generation streams: :func:`generate_clips` yields each clip's frames as soon as it is
+sampled, and :func:`write_video` hands them straight to the mp4 encoder, so memory stays flat
+however long the song is, and a run that dies leaves ``<out>.part`` with every clip so far.
+"""
 
 from __future__ import annotations
 
 import math
+import pickle
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,9 +18,22 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from singer.config import validate
+from singer.cli import UserError
+from singer.config import SEED_MAX, validate
 from singer.models.spec import Conditions, ModelSpec, get_model_spec
 from singer.trainer import CHECKPOINT_NAME, resolve_device
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be loaded."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was asked for (a ``FileNotFoundError`` too, as callers expect)."""
+
+
+class GenerationError(UserError, ValueError):
+    """Generation settings that cannot produce a video."""
 
 
 @dataclass
@@ -50,8 +71,38 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         path = path / "checkpoints" / CHECKPOINT_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (give a .pt file or a run directory)")
+        raise MissingCheckpointError(
+            f"no checkpoint at {path}", "give a .pt file or a training run directory"
+        )
     return path
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The state dict of a training checkpoint; :class:`CheckpointError` for anything else.
+
+    ``weights_only=True``: a file that would need to run code to load is refused.
+    """
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is an empty file", "give a complete checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: {first}",
+            "give a checkpoint written by python -m singer.train (checkpoints/last.pt)",
+        ) from err
+    missing = [
+        k
+        for k in ("config", "model", "ema", "step")
+        if not isinstance(state, dict) or k not in state
+    ]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (no {', '.join(missing)})",
+            "give a checkpoint written by python -m singer.train (checkpoints/last.pt)",
+        )
+    return state
 
 
 def load_model(
@@ -59,7 +110,7 @@ def load_model(
 ) -> LoadedModel:
     """Rebuild the model from the config saved in the checkpoint and load its (EMA) weights."""
     path = resolve_checkpoint(checkpoint)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     cfg = validate(OmegaConf.create(state["config"]))
     spec = get_model_spec(cfg.model.name)
     model = spec.build(cfg)
@@ -93,8 +144,28 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     )
 
 
+def check_sampling(steps: int | None, guidance_scale: float | None, seed: int) -> None:
+    """Refuse settings that cannot sample: no steps, a non-finite CFG scale (NaN makes an
+    all-black video), a seed torch cannot take."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise GenerationError(
+            f"--steps {steps} is not a number of sampling steps", "give --steps >= 1"
+        )
+    if guidance_scale is not None and not math.isfinite(guidance_scale):
+        raise GenerationError(
+            f"--guidance {guidance_scale} is not a finite number", "give a CFG scale such as 3.5"
+        )
+    if not 0 <= seed <= SEED_MAX:
+        raise GenerationError(f"--seed {seed} is out of range", f"give a seed from 0 to {SEED_MAX}")
+
+
+def planned_frames(loaded: LoadedModel, num_samples: int) -> int:
+    """Frames generated for ``num_samples`` of audio: round(duration · fps), at least one."""
+    return max(1, round(num_samples / loaded.sample_rate * loaded.fps))
+
+
 @torch.no_grad()
-def generate_video(
+def generate_clips(
     loaded: LoadedModel,
     face: np.ndarray,
     audio: np.ndarray,
@@ -103,26 +174,29 @@ def generate_video(
     guidance_scale: float | None = None,
     seed: int = 0,
     progress: bool = True,
-) -> np.ndarray:
-    """Frames F×size×size×3 uint8 for ``audio`` (mono, at the model's sample rate).
+) -> Iterator[np.ndarray]:
+    """The frames for ``audio`` (mono, at the model's sample rate), one clip at a time:
+    ``K×size×size×3`` uint8 chunks whose lengths add up to :func:`planned_frames`.
 
-    F = round(duration · fps), so the video matches the audio within half a frame. Audio longer
-    than one training clip is generated clip by clip; each clip sees the last motion frames of
-    the previous one (the first clip sees the reference frame repeated, as in training).
+    Audio longer than one training clip is generated clip by clip; each clip sees the last
+    motion frames of the previous one (the first clip sees the reference frame repeated, as
+    in training). Only the current clip and its motion frames are held.
     """
     from tqdm.auto import tqdm
 
     cfg, dev = loaded.cfg, loaded.device
     if loaded.spec.sample is None:
-        raise ValueError(
-            f"model '{loaded.spec.name}' does not generate video ({loaded.spec.description})"
+        raise GenerationError(
+            f"model '{loaded.spec.name}' does not generate video ({loaded.spec.description})",
+            "give the checkpoint of a video model",
         )
+    check_sampling(steps, guidance_scale, seed)
     steps = int(steps if steps is not None else cfg.model.sample.steps)
     guidance_scale = float(
         guidance_scale if guidance_scale is not None else cfg.model.sample.guidance_scale
     )
     fps, sr, clip = loaded.fps, loaded.sample_rate, loaded.clip_frames
-    total_frames = max(1, round(len(audio) / sr * fps))
+    total_frames = planned_frames(loaded, len(audio))
     num_clips = math.ceil(total_frames / clip)
     # Rounding F can leave up to half a frame of audio past the last frame; it is kept (unused).
     padded = np.zeros(max(len(audio), round(num_clips * clip / fps * sr) + 1), dtype=np.float32)
@@ -132,7 +206,7 @@ def generate_video(
     m = max(1, loaded.motion_frames)
     motion = ref.unsqueeze(2).repeat(1, 1, m, 1, 1)
     generator = torch.Generator(device=dev).manual_seed(seed)
-    pieces = []
+    done = 0
     for c in tqdm(range(num_clips), desc="generate", disable=not progress):
         start, stop = round(c * clip / fps * sr), round((c + 1) * clip / fps * sr)
         wav = torch.from_numpy(padded[start:stop]).unsqueeze(0).to(dev)
@@ -144,6 +218,71 @@ def generate_video(
             guidance_scale=guidance_scale,
             generator=generator,
         )
-        pieces.append(video[0])
         motion = video[:, :, -m:]
-    return to_uint8_frames(torch.cat(pieces, dim=1)[:, :total_frames])
+        keep = min(video.shape[2], total_frames - done)
+        done += keep
+        yield to_uint8_frames(video[0, :, :keep])
+
+
+def generate_video(
+    loaded: LoadedModel,
+    face: np.ndarray,
+    audio: np.ndarray,
+    *,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> np.ndarray:
+    """Frames F×size×size×3 uint8 for ``audio`` (mono, at the model's sample rate), all at once.
+
+    F = round(duration · fps), so the video matches the audio within half a frame. Holds every
+    frame: for long audio use :func:`write_video`, which streams them to the file.
+    """
+    chunks = generate_clips(
+        loaded,
+        face,
+        audio,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        progress=progress,
+    )
+    return np.concatenate(list(chunks), axis=0)
+
+
+def write_video(
+    loaded: LoadedModel,
+    face: np.ndarray,
+    audio: np.ndarray,
+    out: str | Path,
+    *,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> int:
+    """Generate the video for ``audio`` straight into the mp4 ``out`` (with the audio as its
+    sound track, trimmed or padded to the frames); returns the number of frames.
+
+    Each clip is encoded as soon as it is sampled. The file is ``<out>.part`` until the end;
+    if generation fails, the part file keeps every clip encoded so far and ``out`` is untouched.
+    """
+    from singer.data.media import Mp4Writer, fit_length
+
+    check_sampling(steps, guidance_scale, seed)
+    total = planned_frames(loaded, len(audio))
+    wave = fit_length(audio, round(total / loaded.fps * loaded.sample_rate))
+    with Mp4Writer(out, loaded.fps, sample_rate=loaded.sample_rate) as writer:
+        for frames in generate_clips(
+            loaded,
+            face,
+            audio,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            progress=progress,
+        ):
+            writer.write(frames)
+        writer.set_audio(wave)
+    return writer.frames_written

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from singer.cli import entry_point
 from singer.models.spec import count_parameters, get_model_spec
 
 
@@ -43,6 +44,7 @@ def count_for(overrides: Sequence[str]) -> dict:
     return {"model": str(cfg.model.name), **counts}
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m singer.params", description=__doc__.splitlines()[0]

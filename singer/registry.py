@@ -21,6 +21,8 @@ import importlib
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
+from singer.cli import entry_point
+
 T = TypeVar("T")
 
 # Packages whose import registers components. Listed here (not discovered by path)
@@ -167,6 +169,7 @@ def format_listing(registries: dict[str, Registry] | None = None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

@@ -7,16 +7,20 @@ Examples:
     python -m singer.sweep sweeps/hparam_search.yaml --launcher slurm:gpu1 \\
         --storage postgresql+psycopg://user@db-host/optuna
 
-The file format is in ``sweeps/README.md``; the logic in ``singer/sweeps/``.
+The file format is in ``sweeps/README.md``; the logic in ``singer/sweeps/``. Errors follow
+the project's convention (singer/cli.py): one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
 from rich.console import Console
+
+from singer.cli import entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,22 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
 
-    from singer.sweeps.driver import SweepDriver, SweepError, describe_plan
+    from singer.sweeps.driver import SweepDriver, describe_plan
     from singer.sweeps.spec import SweepSpecError, check_launcher, load_sweep
 
-    try:
-        spec = load_sweep(args.sweep)
-        if args.launcher:
-            check_launcher(args.sweep, "--launcher", args.launcher, spec.timeout_min)
-        if args.max_trials is not None and args.max_trials < 1:
-            raise SweepSpecError(f"--max-trials must be >= 1, got {args.max_trials}")
-    except SweepSpecError as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
+    spec = load_sweep(args.sweep)
+    if args.launcher:
+        check_launcher(args.sweep, "--launcher", args.launcher, spec.timeout_min)
+    if args.max_trials is not None and args.max_trials < 1:
+        raise SweepSpecError(f"--max-trials must be >= 1, got {args.max_trials}", "give N >= 1")
 
     if args.dry_run:
         for line in describe_plan(spec, args.launcher, args.max_trials):
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, stop)
+    # The driver unpickles the jobs' result files from the sweep folder, so nothing it writes
+    # there may be writable by group or others, whatever the user's umask.
+    os.umask(os.umask(0o022) | 0o022)
     driver = SweepDriver(
         spec,
         out_dir=args.out,
@@ -99,9 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         driver.run()
-    except SweepError as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
     except KeyboardInterrupt:
         return 130
     finally:

@@ -31,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from singer import distributed, tracking
-from singer.config import flatten, to_container
+from singer.cli import UserError
+from singer.config import flatten, loggable_container, to_container
 from singer.models.spec import Conditions, ModelSpec, count_parameters, get_model_spec
 
 CHECKPOINT_NAME = "last.pt"
@@ -40,6 +41,10 @@ LOSS_WINDOW = 10  # diffusion losses are noisy per batch (random t): compare win
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class DeviceError(UserError, RuntimeError):
+    """The device asked for is not there."""
 
 
 @dataclass
@@ -63,7 +68,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={spec} was asked for, but CUDA is not available")
+        raise DeviceError(
+            f"device={spec} was asked for, but CUDA is not available",
+            "use device=cpu or device=auto",
+        )
     return device
 
 
@@ -565,14 +573,14 @@ class Trainer:
             uri=tc.uri,
         )
         self.run_id = run.run_id
-        run.log_params(flatten(to_container(self.cfg)))
+        run.log_params(flatten(loggable_container(self.cfg)))  # env-read values stay unresolved
         run.log_params(
             {
                 "params.total": count_parameters(self.model),
                 "params.trainable": count_parameters(self.model, trainable_only=True),
             }
         )
-        run.log_dict(to_container(self.cfg), "config.json")
+        run.log_dict(loggable_container(self.cfg), "config.json")
         run.set_tags({"out_dir": str(self.out_dir.resolve())})
         return run
 
@@ -684,8 +692,28 @@ class Trainer:
         created = distributed.init(env, self.device, **self._ddp_init_options())
         try:
             return self._fit()
+        except BaseException as err:
+            self._end_open_run(err)
+            raise
         finally:
             distributed.cleanup(created)
+
+    def _end_open_run(self, err: BaseException) -> None:
+        """A run that fails at any point (data set-up, the first checkpoint, the loop) ends
+        its MLflow run FAILED (KILLED on Ctrl-C), never leaves it RUNNING."""
+        run_id = getattr(self, "run_id", None)  # set up by _setup(), or from a checkpoint
+        if not run_id or not self.dist_env.is_main:
+            return
+        try:
+            run = tracking.Run(run_id, self.cfg.tracking.uri)
+            if run.info.status != "RUNNING":  # the loop ended it already
+                return
+            run.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+            run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        except Exception as tracking_err:  # the original error matters more
+            warnings.warn(
+                f"could not end MLflow run {run_id}: {tracking_err}", RuntimeWarning, stacklevel=2
+            )
 
     def _ddp_init_options(self) -> dict:
         ddp = self.tc.get("ddp") or {}

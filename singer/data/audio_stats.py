@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import median_filter
 
+from singer.cli import entry_point
+
 STATS = ("median_pitch_hz", "vibrato_energy", "loudness_range_db", "spectral_centroid_hz")
 STAT_LABELS = {
     "median_pitch_hz": "median pitch (Hz)",
@@ -395,6 +397,7 @@ def run(
     return df
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Per-clip singing vs talking audio statistics.")
     parser.add_argument(
@@ -417,4 +420,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

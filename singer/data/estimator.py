@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from singer.cli import entry_point
 from singer.data import synth as S
 
 # Cues returned by estimate_face_params (ESTIMATED_CUES plus the head nod).
@@ -299,6 +300,7 @@ def check_dataset(data: str | Path, *, progress: bool = True) -> dict:
     }
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Check the face-parameter estimator against SynthSing truth."
@@ -316,4 +318,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

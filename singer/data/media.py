@@ -8,6 +8,7 @@ waveform ``S`` in [-1, 1].
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -16,6 +17,145 @@ from pathlib import Path
 import numpy as np
 
 AAC_FRAME = 1024  # samples per AAC frame; PyAV's encoder wants whole frames
+
+
+class Mp4Writer:
+    """Stream frames into an H.264 (+ AAC) mp4, a chunk at a time: memory does not grow with
+    the video's length.
+
+    Video is H.264 / yuv420p (previewable in browsers and the MLflow UI), audio AAC. H and W
+    must be even (a yuv420p requirement). The file is written as ``<path>.part`` and renamed
+    to ``path`` by :meth:`close`; if the block ends with an exception, the part file is
+    closed (with what was encoded so far) and left for inspection, and ``path`` is untouched.
+    Output bytes are deterministic for identical inputs.
+
+        with Mp4Writer(path, fps, sample_rate=16000) as writer:
+            for frames in chunks:       # each K×H×W×3 uint8 RGB
+                writer.write(frames)
+            writer.set_audio(wave)      # mono float S, written when the writer closes
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        *,
+        sample_rate: int | None = None,
+        crf: int = 18,
+        audio_bitrate: int = 96_000,
+    ):
+        self.path = Path(path)
+        self.part = self.path.with_name(self.path.name + ".part")
+        self.fps, self.sample_rate = fps, sample_rate
+        self.crf, self.audio_bitrate = crf, audio_bitrate
+        self.frames_written = 0
+        self._container = self._vstream = self._astream = None
+        self._audio: np.ndarray | None = None
+        self._size: tuple[int, int] | None = None
+
+    def _open(self, height: int, width: int) -> None:
+        import av
+
+        if height % 2 or width % 2:
+            raise ValueError(f"H.264/yuv420p needs even frame sizes, got {width}x{height}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self.part), mode="w", format="mp4")
+        vstream = self._container.add_stream(
+            "libx264", rate=Fraction(self.fps).limit_denominator(1001)
+        )
+        vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
+        # mbtree (macroblock-tree rate control) made the bytes differ between runs at small sizes.
+        vstream.options = {
+            "crf": str(self.crf),
+            "preset": "medium",
+            "tune": "fastdecode",
+            "x264-params": "mbtree=0",
+        }
+        # A single encoder thread keeps the bitstream identical across machines.
+        vstream.thread_count = 1
+        if self.sample_rate is not None:
+            self._astream = self._container.add_stream("aac", rate=int(self.sample_rate))
+            self._astream.layout = "mono"
+            self._astream.bit_rate = self.audio_bitrate
+        self._vstream, self._size = vstream, (height, width)
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode ``frames`` (K×H×W×3 uint8 RGB; every chunk the same H and W)."""
+        import av
+
+        frames = np.ascontiguousarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be F×H×W×3 uint8, got {frames.shape} {frames.dtype}")
+        if self._container is None:
+            self._open(*frames.shape[1:3])
+        elif frames.shape[1:3] != self._size:
+            raise ValueError(f"frame size changed from {self._size} to {frames.shape[1:3]}")
+        for frame in frames:
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts = self.frames_written
+            for packet in self._vstream.encode(vf):
+                self._container.mux(packet)
+            self.frames_written += 1
+
+    def set_audio(self, audio: np.ndarray) -> None:
+        """The mono audio track (S float), encoded after the video when the writer closes."""
+        if self.sample_rate is None:
+            raise ValueError("this writer was opened without an audio track (sample_rate=None)")
+        self._audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+
+    def _finish_streams(self, with_audio: bool) -> None:
+        import av
+
+        for packet in self._vstream.encode():
+            self._container.mux(packet)
+        if self._astream is not None and with_audio:
+            wave = np.clip(self._audio if self._audio is not None else np.zeros(0), -1.0, 1.0)
+            for start in range(0, len(wave), AAC_FRAME):
+                chunk = wave[start : start + AAC_FRAME]
+                if len(chunk) < AAC_FRAME:
+                    chunk = np.pad(chunk, (0, AAC_FRAME - len(chunk)))
+                af = av.AudioFrame.from_ndarray(
+                    chunk[None, :].astype(np.float32), format="fltp", layout="mono"
+                )
+                af.sample_rate = int(self.sample_rate)
+                af.pts = start
+                for packet in self._astream.encode(af):
+                    self._container.mux(packet)
+            for packet in self._astream.encode():
+                self._container.mux(packet)
+
+    def close(self) -> Path:
+        """Finish the streams, close the file and move it to ``path``."""
+        if self._container is None:
+            raise ValueError(f"no frames were written to {self.path}")
+        try:
+            self._finish_streams(with_audio=True)
+        finally:
+            self._container.close()
+            self._container = None
+        self.part.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close the part file with what it holds (playable up to there); ``path`` untouched."""
+        if self._container is None:
+            return
+        try:
+            self._finish_streams(with_audio=False)
+        except Exception:  # the part file is kept for inspection either way
+            pass
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_mp4(
@@ -32,62 +172,27 @@ def write_mp4(
 
     Video is H.264 / yuv420p (previewable in browsers and the MLflow UI), audio AAC.
     H and W must be even (a yuv420p requirement). Output bytes are deterministic for
-    identical inputs.
+    identical inputs. For long videos produced piece by piece, use :class:`Mp4Writer`.
     """
-    import av
-
     frames = np.ascontiguousarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be F×H×W×3 uint8, got {frames.shape} {frames.dtype}")
-    num_frames, height, width, _ = frames.shape
-    if height % 2 or width % 2:
-        raise ValueError(f"H.264/yuv420p needs even frame sizes, got {width}x{height}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    rate = Fraction(fps).limit_denominator(1001)
-
-    with av.open(str(tmp), mode="w", format="mp4") as container:
-        vstream = container.add_stream("libx264", rate=rate)
-        vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-        # mbtree (macroblock-tree rate control) made the bytes differ between runs at small sizes.
-        vstream.options = {
-            "crf": str(crf),
-            "preset": "medium",
-            "tune": "fastdecode",
-            "x264-params": "mbtree=0",
-        }
-        # A single encoder thread keeps the bitstream identical across machines.
-        vstream.thread_count = 1
-        astream = None
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(
+            f"H.264/yuv420p needs even frame sizes, got {frames.shape[2]}x{frames.shape[1]}"
+        )
+    writer = Mp4Writer(
+        path,
+        fps,
+        sample_rate=int(sample_rate) if audio is not None else None,
+        crf=crf,
+        audio_bitrate=audio_bitrate,
+    )
+    with writer:
+        writer.write(frames)
         if audio is not None:
-            astream = container.add_stream("aac", rate=int(sample_rate))
-            astream.layout = "mono"
-            astream.bit_rate = audio_bitrate
-
-        for i in range(num_frames):
-            vf = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-            vf.pts = i
-            for packet in vstream.encode(vf):
-                container.mux(packet)
-        for packet in vstream.encode():
-            container.mux(packet)
-
-        if astream is not None:
-            wave = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
-            for start in range(0, len(wave), AAC_FRAME):
-                chunk = wave[start : start + AAC_FRAME]
-                if len(chunk) < AAC_FRAME:
-                    chunk = np.pad(chunk, (0, AAC_FRAME - len(chunk)))
-                af = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-                af.sample_rate = int(sample_rate)
-                af.pts = start
-                for packet in astream.encode(af):
-                    container.mux(packet)
-            for packet in astream.encode():
-                container.mux(packet)
-    tmp.replace(path)
-    return path
+            writer.set_audio(audio)
+    return writer.path
 
 
 # --------------------------------------------------------------------------------------
@@ -136,6 +241,30 @@ class MediaInfo:
     sample_rate: int  # native audio rate (0 without audio)
     channels: int  # native audio channels (0 without audio)
     variable_frame_rate: bool
+    image_format: str | None = None  # "png", "jpeg", ... when the file is a still image
+
+
+# FFmpeg demuxers that read still images (a PNG renamed .mp4 opens as one-frame "video").
+_IMAGE_DEMUXERS = {
+    "image2": "image",
+    "apng": "animated PNG",
+    "gif": "GIF",
+    "webp_pipe": "WebP",
+    "png_pipe": "PNG",
+    "jpeg_pipe": "JPEG",
+    "bmp_pipe": "BMP",
+    "tiff_pipe": "TIFF",
+}
+
+
+def _image_format(container) -> str | None:
+    names = str(getattr(container.format, "name", "") or "").split(",")
+    for name in names:
+        if name in _IMAGE_DEMUXERS:
+            return _IMAGE_DEMUXERS[name]
+        if name.endswith("_pipe"):  # FFmpeg's other image demuxers
+            return name[: -len("_pipe")].upper()
+    return None
 
 
 def container_kind(path: str | Path) -> str | None:
@@ -193,6 +322,7 @@ def probe(path: str | Path) -> MediaInfo:
         raise MediaError(path, _open_failure_reason(path, error)) from error
 
     with container:
+        image = _image_format(container)
         # A cover picture in an audio file appears as a one-frame "video" stream; it is not video.
         video_streams = [
             s
@@ -258,6 +388,7 @@ def probe(path: str | Path) -> MediaInfo:
         sample_rate=sample_rate,
         channels=channels,
         variable_frame_rate=variable,
+        image_format=image,
     )
 
 
@@ -270,8 +401,29 @@ def as_numpy(array) -> np.ndarray:
     return np.asarray(array)
 
 
-# The in-memory PyAV fallback below holds every frame; beyond this it refuses.
-FALLBACK_MAX_BYTES = 2 * 1024**3
+# The in-memory PyAV fallback below holds every frame; beyond this it refuses, before
+# decoding when the headers tell the size, and while decoding whatever the container says.
+FALLBACK_MAX_BYTES = 1024**3
+# One decoded frame larger than this is refused by the readers below (8K × 8K RGB is 192 MiB).
+MAX_FRAME_BYTES = 256 * 1024**2
+
+
+def expected_frames(stream, container=None) -> int:
+    """How many frames a video stream holds, from its headers (no decoding).
+
+    ``stream.frames`` when the container records it (mp4); otherwise duration × rate
+    (Matroska/WebM report 0 frames), from the stream's or the container's duration. 0 when
+    the headers say nothing.
+    """
+    if stream.frames:
+        return int(stream.frames)
+    rate = float(stream.average_rate or stream.guessed_rate or 0)
+    duration = 0.0
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container is not None and container.duration:
+        duration = container.duration / 1e6
+    return int(math.ceil(duration * rate)) if rate > 0 and duration > 0 else 0
 
 
 class InMemoryVideo:
@@ -294,16 +446,26 @@ class InMemoryVideo:
             if not container.streams.video:
                 raise MediaError(path, "no video stream")
             stream = container.streams.video[0]
-            size = stream.frames * stream.codec_context.width * stream.codec_context.height * 3
-            if size > FALLBACK_MAX_BYTES:
-                raise MediaError(
+            frame_bytes = stream.codec_context.width * stream.codec_context.height * 3
+
+            def too_large(size: float) -> MediaError:
+                return MediaError(
                     path,
-                    f"decord cannot decode this video, and at {size / 1e9:.1f} GB it is too large to decode in memory",
+                    f"decord cannot decode this video, and at {size / 1e9:.1f} GB or more it is "
+                    f"too large to decode in memory (the limit is {FALLBACK_MAX_BYTES / 1e9:.1f} GB)",
                 )
+
+            size = expected_frames(stream, container) * frame_bytes
+            if size > FALLBACK_MAX_BYTES:
+                raise too_large(size)
             rate = float(stream.average_rate or stream.guessed_rate or 25)
-            frames, starts, last_duration = [], [], 1.0 / rate
+            frames, starts, last_duration, held = [], [], 1.0 / rate, 0
             try:
                 for frame in container.decode(stream):
+                    # The headers may understate the length: the budget holds while decoding.
+                    held += frame.width * frame.height * 3
+                    if held > FALLBACK_MAX_BYTES:
+                        raise too_large(held)
                     frames.append(frame.to_ndarray(format="rgb24"))
                     starts.append(frame.time if frame.time is not None else len(starts) / rate)
                     if frame.duration and frame.time_base:
@@ -416,26 +578,136 @@ def fit_length(wave: np.ndarray, num_samples: int) -> np.ndarray:
     return np.pad(wave, (0, num_samples - len(wave)))
 
 
-def _read_audio_pyav(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode the first audio stream with PyAV, resampled to mono float32 at ``sample_rate``."""
+def _open_audio_container(path: Path):
     import av
 
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
         raise MediaError(path, _open_failure_reason(path, error)) from error
-    with container:
-        if not container.streams.audio:
-            raise MediaError(path, "no audio track")
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=int(sample_rate))
-        chunks = []
-        for frame in container.decode(container.streams.audio[0]):
-            frame.pts = None  # let the resampler keep its own running clock
-            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    if not container.streams.audio:
+        container.close()
+        raise MediaError(path, "no audio track")
+    return container
+
+
+def _decoded_chunks(container, sample_rate: int):
+    """The first audio stream, decoded in order and resampled to mono float32 at
+    ``sample_rate``: one short chunk (one decoded frame) at a time."""
+    import av
+
+    resampler = av.AudioResampler(format="fltp", layout="mono", rate=int(sample_rate))
+    for frame in container.decode(container.streams.audio[0]):
+        frame.pts = None  # let the resampler keep its own running clock
+        for out in resampler.resample(frame):
+            yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+    for out in resampler.resample(None):
+        yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+
+
+def _read_audio_pyav(path: Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Decode the first audio stream with PyAV, resampled to mono float32 at ``sample_rate``;
+    :class:`MediaError` as soon as more than ``max_seconds`` are decoded."""
+    limit = math.inf if max_seconds is None else max_seconds * sample_rate
+    chunks, total = [], 0
+    with _open_audio_container(path) as container:
+        for chunk in _decoded_chunks(container, sample_rate):
+            total += len(chunk)
+            if total > limit:
+                raise MediaError(path, f"audio longer than {max_seconds:g} s")
+            chunks.append(chunk)
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32)
+
+
+class AudioStream:
+    """The audio track of a file, decoded front to back and handed out in consecutive ranges.
+
+    ``read(start, count)`` returns samples ``[start, start + count)`` (mono float32 at
+    ``sample_rate``, zero-padded past the end); ``start`` never goes back. Memory holds one
+    decoded chunk plus what is asked for, whatever the file's length: long files are read
+    clip by clip. ``decoded`` is the number of real samples seen so far.
+
+    The samples are those of :func:`read_audio`. When PyAV cannot decode the file from the
+    start, the whole track is read with :func:`read_audio` instead (its decord fallback).
+    """
+
+    def __init__(self, path: str | Path, sample_rate: int = 16000):
+        self.path = Path(path)
+        _check_file(self.path)
+        self.sample_rate = int(sample_rate)
+        self.position = 0  # index of the first sample in self._pending
+        self.decoded = 0
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._container = _open_audio_container(self.path)
+        self._chunks = _decoded_chunks(self._container, self.sample_rate)
+        self._whole: np.ndarray | None = None
+
+    def _next_chunk(self) -> np.ndarray | None:
+        import av
+
+        if self._whole is not None:
+            return None
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            return None
+        except av.error.FFmpegError as error:
+            if self.decoded:  # part of the track was handed out already: no starting over
+                raise MediaError(self.path, f"corrupt audio stream: {error}") from error
+            self._whole = read_audio(self.path, self.sample_rate)
+            self.decoded = len(self._whole)
+            return None
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        if start < self.position:
+            raise ValueError(f"AudioStream reads forward only: {start} < {self.position}")
+        while self._whole is None and self.position + len(self._pending) < start + count:
+            self._drop_before(start)  # nothing behind the reader is kept, even while skipping
+            if not self._pull():
+                break
+        if self._whole is not None:
+            self.position = start
+            return fit_length(self._whole[start:], count)
+        self._drop_before(start)
+        if self.position < start:  # the track ended before `start`
+            return np.zeros(count, dtype=np.float32)
+        return fit_length(self._pending[:count], count)
+
+    def _drop_before(self, start: int) -> None:
+        drop = min(max(0, start - self.position), len(self._pending))
+        self._pending, self.position = self._pending[drop:], self.position + drop
+
+    def _pull(self) -> bool:
+        """Decode one more chunk into the pending samples; False at the end of the track."""
+        chunk = self._next_chunk()
+        if chunk is None:
+            return False
+        self.decoded += len(chunk)
+        self._pending = np.concatenate([self._pending, chunk]) if len(self._pending) else chunk
+        return True
+
+    def drain(self) -> int:
+        """Decode the rest (nothing is kept) and return the track's length in samples."""
+        self.position += len(self._pending)
+        self._pending = self._pending[:0]
+        while self._whole is None and self._pull():
+            self.position += len(self._pending)
+            self._pending = self._pending[:0]
+        return self.decoded
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._chunks.close()
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _read_audio_decord(path: Path, sample_rate: int) -> np.ndarray:
@@ -450,7 +722,11 @@ def _read_audio_decord(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def read_audio(
-    path: str | Path, sample_rate: int = 16000, num_samples: int | None = None
+    path: str | Path,
+    sample_rate: int = 16000,
+    num_samples: int | None = None,
+    *,
+    max_seconds: float | None = None,
 ) -> np.ndarray:
     """Decode the audio track as mono float32 ``S`` at ``sample_rate``.
 
@@ -459,6 +735,10 @@ def read_audio(
     makes decoded audio a little longer than the video, so pass ``num_samples`` to trim (or
     zero-pad) to an exact length. Raises ``MediaError(path, "no audio track")`` when there
     is none.
+
+    ``max_seconds`` bounds the memory the whole track may take: decoding stops with a
+    :class:`MediaError` as soon as it passes that length. For long files read clip by clip,
+    use :class:`AudioStream`.
 
     PyAV decodes first: decord 0.6's ``AudioReader`` resampling drops and repeats blocks of
     samples whenever the native rate differs from ``sample_rate`` for mono sources (and for
@@ -470,15 +750,20 @@ def read_audio(
     path = Path(path)
     _check_file(path)
     try:
-        wave = _read_audio_pyav(path, sample_rate)
+        wave = _read_audio_pyav(path, sample_rate, max_seconds)
     except av.error.FFmpegError as pyav_error:
         try:
             wave = _read_audio_decord(path, sample_rate)
         except Exception as error:  # decord raises RuntimeError or DECORDError
             raise MediaError(path, f"corrupt audio stream: {pyav_error}") from error
+        if max_seconds is not None and len(wave) > max_seconds * sample_rate:
+            raise MediaError(path, f"audio longer than {max_seconds:g} s")
     if num_samples is not None:
         wave = fit_length(wave, num_samples)
     return wave
+
+
+MAX_IMAGE_PIXELS = 40_000_000  # a face image larger than this is refused before decoding
 
 
 def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
@@ -493,6 +778,16 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
     _check_file(path)
     try:
         with Image.open(path) as image:
+            # The header gives the size: refuse before decoding (a few kB of PNG can hold
+            # gigapixels).
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise MediaError(
+                    path,
+                    f"image too large: {width}×{height} px is over "
+                    f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx (downscale it; faces are used at a few "
+                    "hundred px)",
+                )
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit grayscale: PIL's RGB conversion would clip, so scale to 8 bits first.
@@ -500,6 +795,8 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
                 peak = 65535.0 if gray.max() > 255 else 255.0
                 image = Image.fromarray(np.clip(gray / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as error:
+        raise MediaError(path, f"image too large: {error}") from error
     except (UnidentifiedImageError, OSError) as error:
         raise MediaError(path, f"not a readable image: {error}") from error
     if size is not None:

@@ -11,15 +11,28 @@ shorter than ``min_seconds`` is dropped); crop each clip to a fixed square aroun
 
 Cache layout::
 
-    CACHE/clips/<clip_id>.npz    frames F×H×W×3 uint8, audio S float32 (uncompressed: fast to load)
+    CACHE/clips/<clip_id>.<tag>.npz  frames F×H×W×3 uint8, audio S float32 (uncompressed: fast
+                                     to load); <tag> digests the source file and the settings
     CACHE/index.jsonl            one record per clip (source, segment, start_s, crop, kind, truth...)
-    CACHE/report.json            every input file: status "ok" | "skipped", reason, clips, notes
+    CACHE/report.json            every input file: status "ok" | "skipped", reason, clips, notes;
+                                 and the source folders that could not be read
     CACHE/prepare.json           the settings
     CACHE/records/<key>.json     one record per input file, written as soon as it is done
 
 ``index.jsonl`` and ``report.json`` are rebuilt from ``records/`` at the end of every run, so a
 killed run loses at most the files in progress, and a re-run skips every file whose source
 (path, size, mtime) and settings are unchanged.
+
+Crash safety: ``index.jsonl`` is what training reads, and it is replaced atomically, last.
+Clip files of other settings or another version of a source get other names (the tag), and
+files the current index names are never deleted or rewritten with other contents before the
+new index is in place; only then are the clips no index names removed. So a run killed at any
+moment (a re-run with ``--size 32`` over a ``--size 64`` cache included) leaves the old cache
+or the new one, never a mix. Workers die with the process that started them.
+
+Bounded resources: special files (named pipes, sockets, devices) are never opened; a video is
+refused before decoding when its frames are too large or, for the in-memory fallback decoder,
+when its length × frame size exceeds the budget; audio is decoded clip by clip.
 
 When a folder under ``src`` holds a SynthSing ``meta.jsonl``, each listed file's ``kind``,
 ``speaker_id``, ``identity`` and per-frame ``truth`` travel into the index, sliced to each clip's
@@ -30,12 +43,15 @@ frames. For your own videos the speaker comes from a sidecar file or ``--speaker
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
 import multiprocessing
 import os
 import re
+import signal
+import stat
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -44,18 +60,19 @@ from pathlib import Path
 
 import numpy as np
 
+from singer.cli import UserError, entry_point
 from singer.data.media import (
+    MAX_FRAME_BYTES,
+    AudioStream,
     MediaError,
     as_numpy,
     container_kind,
-    fit_length,
     frame_timestamps,
     open_video,
     probe,
-    read_audio,
     resample_indices,
 )
-from singer.data.speakers import SpeakerMapError, speaker_map
+from singer.data.speakers import speaker_map
 
 # Bumped whenever the clip contents change for the same settings, so old caches are redone.
 PREPARE_VERSION = 2  # 2: SynthSing identity in the index
@@ -72,6 +89,7 @@ _AUDIO_BRANDS = (b"M4A ", b"M4B ", b"M4P ")
 FACE_SCALE = 1.8  # a frontal-face box covers brows to chin; 1.8× fits the whole head
 FACE_SAMPLES = 5  # frames per clip that the face detector looks at
 DECODE_CHUNK = 32  # source frames decoded at once, to bound memory on large videos
+DECODE_CHUNK_BYTES = 64 * 1024**2  # ... and fewer when the frames are large
 
 META_NAME = "meta.jsonl"
 
@@ -79,6 +97,10 @@ META_NAME = "meta.jsonl"
 # --------------------------------------------------------------------------------------
 # Settings and input discovery
 # --------------------------------------------------------------------------------------
+
+
+class PrepareError(UserError, ValueError):
+    """Settings or folders that prepare cannot work with."""
 
 
 @dataclass(frozen=True)
@@ -142,14 +164,54 @@ def looks_like_video(path: Path) -> bool:
         return False
 
 
-def find_inputs(src: Path, *, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
-    """Video files under ``src`` (recursive, sorted) and the other files that were ignored.
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+@dataclass
+class Inputs:
+    """What :func:`find_inputs` found under a source folder."""
+
+    videos: list[Path]
+    ignored: list[Path]  # regular files that are not videos
+    special: list[tuple[Path, str]]  # (path, reason): never opened
+    unreadable: list[tuple[Path, str]]  # (folder, reason): could not be listed
+
+    def __iter__(self):  # ``videos, ignored = find_inputs(...)``, as before
+        return iter((self.videos, self.ignored))
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why ``path`` must not be opened (a pipe would block forever), or None for a file."""
+    try:
+        mode = path.stat().st_mode  # follows a symlink to what it names
+    except OSError as error:
+        return f"not a regular file ({error.strerror or 'cannot stat'})"
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in _SPECIAL_FILES:
+        if test(mode):
+            return f"not a regular file ({what})"
+    return "not a regular file"
+
+
+def find_inputs(src: Path, *, exclude: Path | None = None) -> Inputs:
+    """Video files under ``src`` (recursive, sorted), the other files that were ignored, the
+    special files that were skipped unopened, and the folders that could not be read.
 
     Hidden files and folders are skipped, and so is ``exclude`` (the cache, if it sits inside ``src``).
     """
-    videos, ignored = [], []
+    videos, ignored, special, unreadable = [], [], [], []
     exclude = exclude.resolve() if exclude is not None else None
-    for root, dirs, files in os.walk(src):
+
+    def on_error(error: OSError) -> None:
+        unreadable.append((Path(error.filename), error.strerror or type(error).__name__))
+
+    for root, dirs, files in os.walk(src, onerror=on_error):
         root_path = Path(root)
         dirs[:] = sorted(
             d
@@ -160,8 +222,12 @@ def find_inputs(src: Path, *, exclude: Path | None = None) -> tuple[list[Path], 
             if name.startswith("."):
                 continue
             path = root_path / name
-            (videos if looks_like_video(path) else ignored).append(path)
-    return videos, ignored
+            reason = _not_regular(path)
+            if reason is not None:
+                special.append((path, reason))
+            else:
+                (videos if looks_like_video(path) else ignored).append(path)
+    return Inputs(videos, ignored, special, sorted(unreadable))
 
 
 def load_synth_meta(src: Path) -> dict[str, dict]:
@@ -279,7 +345,8 @@ def _face_for_clip(
     picks = np.unique(
         indices[np.linspace(0, len(indices) - 1, num=min(FACE_SAMPLES, len(indices))).astype(int)]
     )
-    frames = as_numpy(reader.get_batch(picks.tolist()))
+    # One frame at a time: five source frames of a large video are a lot of memory.
+    frames = (as_numpy(reader.get_batch([int(pick)]))[0] for pick in picks)
     faces = [face for face in (detector.detect(frame) for frame in frames) if face is not None]
     if not faces:
         return None
@@ -302,6 +369,12 @@ def _clip_id(rel: str, segment: int) -> str:
 
 def _record_path(out: Path, rel: str) -> Path:
     return out / "records" / f"{_digest(rel)}.json"
+
+
+def _clip_file(clip_id: str, fingerprint: dict) -> str:
+    """The clip's file, named by the source version and settings it was made from, so that a
+    re-run with other settings never overwrites a file the current index names."""
+    return f"clips/{clip_id}.{_digest(json.dumps(fingerprint, sort_keys=True), 10)}.npz"
 
 
 def _fingerprint(path: Path, settings: Settings, meta_record: dict | None) -> dict:
@@ -356,20 +429,23 @@ def prepare_file(
     out: Path,
     settings: Settings,
     meta_record: dict | None = None,
-    previous_files: list[str] = (),
 ) -> dict:
     """Prepare one video into ``out/clips``; return (and write) its per-file record.
 
-    ``previous_files`` are the clip files of an earlier run of this source; those not
-    rewritten now are removed. Never raises for a bad input: the record then has
-    ``status="skipped"`` and a ``reason``, and no clips of this file stay behind.
+    Never raises for a bad input: the record then has ``status="skipped"`` and a ``reason``.
+    Nothing is deleted here: clips no index names are removed at the end of the run
+    (:func:`prepare_folder`), after the new index is in place.
     """
     record = {"path": rel, "status": "ok", "reason": None, "clips": [], "notes": []}
-    written: list[str] = []
     try:
         record["fingerprint"] = _fingerprint(path, settings, meta_record)
         record["clips"], record["notes"] = _prepare_clips(
-            path, rel=rel, out=out, settings=settings, meta_record=meta_record, written=written
+            path,
+            rel=rel,
+            out=out,
+            settings=settings,
+            meta_record=meta_record,
+            fingerprint=record["fingerprint"],
         )
     except _Skip as skip:
         record.update(status="skipped", reason=str(skip), clips=[])
@@ -379,9 +455,6 @@ def prepare_file(
         first_line = (str(error).splitlines() or [""])[0]
         reason = f"unreadable or odd streams ({type(error).__name__}: {first_line})"
         record.update(status="skipped", reason=reason, clips=[])
-    keep = {clip["file"] for clip in record["clips"]}
-    for name in {*previous_files, *written} - keep:
-        (out / name).unlink(missing_ok=True)
     _write_json(_record_path(out, rel), record)
     return record
 
@@ -393,7 +466,7 @@ def split_segments(total: int, *, clip_frames: int, min_frames: int) -> list[tup
 
 
 def _read_square_frames(
-    reader, indices: np.ndarray, *, box: tuple[int, int, int], size: int
+    reader, indices: np.ndarray, *, box: tuple[int, int, int], size: int, frame_bytes: int = 0
 ) -> np.ndarray:
     """Decode source frames ``indices``, crop the square ``box`` = (x, y, side), resize: ``K×size×size×3``."""
     import cv2
@@ -401,8 +474,9 @@ def _read_square_frames(
     x, y, side = box
     frames = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     # A chunk at a time keeps memory small for large source frames.
-    for chunk in range(0, len(indices), DECODE_CHUNK):
-        batch = as_numpy(reader.get_batch(indices[chunk : chunk + DECODE_CHUNK].tolist()))
+    step = max(1, min(DECODE_CHUNK, DECODE_CHUNK_BYTES // max(1, frame_bytes)))
+    for chunk in range(0, len(indices), step):
+        batch = as_numpy(reader.get_batch(indices[chunk : chunk + step].tolist()))
         for row, frame in enumerate(batch):
             crop = np.ascontiguousarray(frame[y : y + side, x : x + side])
             frames[chunk + row] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
@@ -416,16 +490,24 @@ def _prepare_clips(
     out: Path,
     settings: Settings,
     meta_record: dict | None,
-    written: list[str],
+    fingerprint: dict,
 ) -> tuple[list[dict], list[str]]:
-    """Write the clips of one source; return (index entries, notes). ``written`` collects clip files."""
+    """Write the clips of one source; return (index entries, notes)."""
     info = probe(path)
+    if info.image_format:
+        raise _Skip(f"not a video (a {info.image_format} image)")
     if not info.has_video:
         raise _Skip("no video stream (audio only)" if info.has_audio else "not a video")
     if not info.has_audio:
         raise _Skip("no audio track")
     if info.num_frames == 0:
         raise _Skip("no video frames")
+    frame_bytes = info.width * info.height * 3
+    if frame_bytes > MAX_FRAME_BYTES:
+        raise _Skip(
+            f"frames too large ({info.width}×{info.height} px; at most "
+            f"{MAX_FRAME_BYTES // 1024**2} MiB per decoded frame)"
+        )
     notes = []
     if info.variable_frame_rate:
         notes.append(f"variable frame rate (average {info.fps:.2f} fps); resampled by timestamp")
@@ -436,20 +518,18 @@ def _prepare_clips(
         detector = None
 
     clips, faceless = [], 0
-    with open_video(path, num_threads=1) as reader:
+    with open_video(path, num_threads=1) as reader, contextlib.ExitStack() as cleanup:
         timestamps = frame_timestamps(reader)
         indices, _ = resample_indices(timestamps, settings.fps)
         total = len(indices)
         if total < settings.min_frames:
             raise _Skip(f"too short ({total / settings.fps:.2f} s < {settings.min_seconds:g} s)")
-        # Audio and video are taken to start together (both streams start at 0 in nearly all files).
-        audio = read_audio(path, sample_rate=settings.sample_rate)
-        missing = settings.samples_for(total) - len(audio)
-        if missing > settings.sample_rate // 2:
-            notes.append(
-                f"audio ends {missing / settings.sample_rate:.2f} s before the video; padded with silence"
-            )
-        audio = fit_length(audio, settings.samples_for(total))
+        # Audio and video are taken to start together (both streams start at 0 in nearly all
+        # files). The audio is decoded clip by clip, trimmed to the video's span.
+        audio = AudioStream(path, sample_rate=settings.sample_rate)
+        cleanup.callback(audio.close)
+        audio_span = settings.samples_for(total)
+        audio_note_at = len(notes)
 
         height, width = as_numpy(reader.get_batch([0])).shape[1:3]
         segments = split_segments(
@@ -466,14 +546,17 @@ def _prepare_clips(
                     raise _Skip("no face found")
                 faceless += 1
             x, y, side, _ = square_crop_box(width, height, face)
-            frames = _read_square_frames(reader, source, box=(x, y, side), size=settings.size)
+            frames = _read_square_frames(
+                reader, source, box=(x, y, side), size=settings.size, frame_bytes=frame_bytes
+            )
 
             begin = settings.samples_for(first)
-            wave = fit_length(audio[begin:], settings.samples_for(stop - first))
+            wave = audio.read(begin, settings.samples_for(stop - first))
+            wave[max(0, audio_span - begin) :] = 0.0  # nothing past the video's span
             clip_id = _clip_id(rel, segment)
-            written.append(f"clips/{clip_id}.npz")
+            clip_file = _clip_file(clip_id, fingerprint)
             _write_atomic(
-                out / "clips" / f"{clip_id}.npz",
+                out / clip_file,
                 lambda handle, frames=frames, wave=wave: np.savez(
                     handle, frames=frames, audio=wave
                 ),
@@ -481,7 +564,7 @@ def _prepare_clips(
 
             entry = {
                 "clip_id": clip_id,
-                "file": f"clips/{clip_id}.npz",
+                "file": clip_file,
                 "source": rel,
                 "segment": segment,
                 "start_s": round(first / settings.fps, 6),
@@ -508,6 +591,14 @@ def _prepare_clips(
                 if truth is not None:
                     entry["truth"] = truth
             clips.append(entry)
+        audio.read(audio_span - 1, 1)  # decodes up to the video's end, to see if audio reaches it
+        missing = audio_span - min(audio.decoded, audio_span)
+        if missing > settings.sample_rate // 2:
+            notes.insert(
+                audio_note_at,
+                f"audio ends {missing / settings.sample_rate:.2f} s before the video; "
+                "padded with silence",
+            )
 
     if faceless:
         if faceless == len(segments):
@@ -531,8 +622,41 @@ def _prepare_task(task: dict) -> dict:
         out=Path(task["out"]),
         settings=task["settings"],
         meta_record=task["meta_record"],
-        previous_files=task["previous_files"],
     )
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Process-pool initializer: a worker must not outlive the process that started it.
+
+    On Linux the kernel sends SIGKILL to the worker when its parent dies (``prctl``
+    ``PR_SET_PDEATHSIG``); elsewhere a thread checks the parent every second. Either way a
+    killed ``prepare`` leaves no decoders running.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            _watch_parent(parent_pid)
+    else:
+        _watch_parent(parent_pid)
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 CRASH_REASON = "the decoder crashed on this file (corrupt or unsupported streams)"
@@ -547,8 +671,6 @@ def _failure_record(task: dict, reason: str) -> dict:
         )
     except OSError:
         pass
-    for name in task["previous_files"]:
-        (Path(task["out"]) / name).unlink(missing_ok=True)
     _write_json(_record_path(Path(task["out"]), task["rel"]), record)
     return record
 
@@ -567,8 +689,9 @@ def run_tasks(tasks: list[dict], *, workers: int, on_done, worker=_prepare_task)
     context = multiprocessing.get_context(
         "spawn"
     )  # no fork: the parent may hold torch/OpenMP threads
+    options = dict(mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),))
     unfinished = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, **options) as pool:
         futures = {pool.submit(worker, task): task for task in tasks}
         for future in as_completed(futures):
             task = futures[future]
@@ -581,7 +704,7 @@ def run_tasks(tasks: list[dict], *, workers: int, on_done, worker=_prepare_task)
                 record = _failure_record(task, f"worker failed ({type(error).__name__}: {error})")
             on_done(task, record)
     for task in unfinished:
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=1, **options) as pool:
             try:
                 record = pool.submit(worker, task).result()
             except BrokenProcessPool:
@@ -609,6 +732,61 @@ def _load_json(path: Path) -> dict | None:
         return None
 
 
+def check_folders(src: Path, out: Path) -> None:
+    """Refuse a source that is not a folder, and an output that would mix with the sources
+    or cannot be written; nothing is created here."""
+    if not src.is_dir():
+        raise PrepareError(f"--src {src} is not a folder", "give the folder that holds the videos")
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--out {out} is a file", "give a folder for the cache")
+    src_real, out_real = src.resolve(), out.resolve()
+    if out_real == src_real or src_real.is_relative_to(out_real):
+        raise PrepareError(
+            f"--out {out} holds the source folder {src}",
+            "give a cache folder of its own (inside --src or beside it)",
+        )
+    probe_dir = out_real
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise PrepareError(f"--out {out}: {probe_dir} is not a folder", "give a path of folders")
+    if not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise PrepareError(f"--out {out}: cannot write in {probe_dir}", "give a writable folder")
+
+
+def check_settings(
+    *,
+    size: int,
+    fps: float,
+    sample_rate: int,
+    clip_seconds: float,
+    min_seconds: float,
+    workers: int,
+    detect_faces: bool,
+    require_face: bool,
+) -> None:
+    if require_face and not detect_faces:
+        raise PrepareError(
+            "require_face needs face detection", "do not combine it with --no-detect"
+        )
+    problems = []
+    if not (isinstance(size, int) and 2 <= size <= 4096):
+        problems.append(f"--size {size} (give 2 to 4096 px)")
+    for flag, value in (("--fps", fps), ("--clip-seconds", clip_seconds)):
+        if not (math.isfinite(value) and value > 0):
+            problems.append(f"{flag} {value} (give a number > 0)")
+    if not (math.isfinite(min_seconds) and min_seconds >= 0):
+        problems.append(f"--min-seconds {min_seconds} (give a number >= 0)")
+    if not (isinstance(sample_rate, int) and 1000 <= sample_rate <= 384_000):
+        problems.append(f"--sr {sample_rate} (give 1000 to 384000 Hz)")
+    if not (isinstance(workers, int) and workers >= 1):
+        problems.append(f"--workers {workers} (give 1 or more)")
+    if not problems and clip_seconds * fps < 1:
+        problems.append(f"--clip-seconds {clip_seconds} at --fps {fps} (a clip needs a frame)")
+    if problems:
+        raise PrepareError("bad settings: " + "; ".join(problems), "fix them (see --help)")
+
+
 def prepare_folder(
     src: str | Path,
     out: str | Path,
@@ -633,24 +811,30 @@ def prepare_folder(
     re-labels a finished cache without decoding anything again.
 
     The report (also at ``out/report.json``) is ``{"settings", "files": [{"path", "status",
-    "reason", "clips", "notes", "cached"}], "ignored": [...], "counts": {...}}`` and lists every
-    input file. Files already prepared with the same settings are reused unless ``force``.
+    "reason", "clips", "notes", "cached"}], "ignored": [...], "unreadable": [{"path",
+    "reason"}], "counts": {...}}`` and lists every input file (special files such as named
+    pipes as skipped, unopened) and every folder that could not be read. Files already
+    prepared with the same settings are reused unless ``force``.
     """
     from tqdm.auto import tqdm
 
     src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise FileNotFoundError(f"source folder {src} does not exist")
-    if require_face and not detect_faces:
-        raise ValueError(
-            "require_face needs face detection (do not combine it with detect_faces=False)"
-        )
-    if size < 2 or fps <= 0 or sample_rate <= 0 or clip_seconds <= 0 or min_seconds < 0:
-        raise ValueError("size ≥ 2, and fps, sample_rate and clip_seconds must be positive")
+    check_settings(
+        size=size,
+        fps=fps,
+        sample_rate=sample_rate,
+        clip_seconds=clip_seconds,
+        min_seconds=min_seconds,
+        workers=workers,
+        detect_faces=detect_faces,
+        require_face=require_face,
+    )
+    check_folders(src, out)
     backend = FaceDetector().backend if detect_faces else None
     if require_face and backend is None:
-        raise ValueError(
-            "require_face needs a face detector: install scikit-image, or opencv-python-headless<5"
+        raise PrepareError(
+            "require_face needs a face detector",
+            "install scikit-image, or opencv-python-headless<5",
         )
     settings = Settings(
         size=int(size),
@@ -664,20 +848,31 @@ def prepare_folder(
     )
 
     inside = out.resolve().is_relative_to(src.resolve())
-    videos, ignored = find_inputs(src, exclude=out if inside else None)
+    found = find_inputs(src, exclude=out if inside else None)
     speaker_ids = speaker_map(
         src,
-        [path.relative_to(src).as_posix() for path in videos],
+        [path.relative_to(src).as_posix() for path in found.videos],
         sidecar=speakers,
         pattern=speaker_pattern,
     )
     meta = load_synth_meta(src)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "prepare.json", {"src": str(src.resolve()), "settings": settings.to_dict()})
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PrepareError(f"--out {out}: {error.strerror}", "give a writable folder") from error
 
     records: dict[str, dict] = {}
+    for path, reason in found.special:  # never opened: a pipe would block the search forever
+        rel = path.relative_to(src).as_posix()
+        records[rel] = {
+            "path": rel,
+            "status": "skipped",
+            "reason": reason,
+            "clips": [],
+            "notes": [],
+        }
     tasks = []
-    for path in videos:
+    for path in found.videos:
         rel = path.relative_to(src).as_posix()
         meta_record = meta.get(str(path.resolve()))
         old = _load_json(_record_path(out, rel))
@@ -695,12 +890,15 @@ def prepare_folder(
                 "out": str(out),
                 "settings": settings,
                 "meta_record": meta_record,
-                "previous_files": [clip["file"] for clip in (old or {}).get("clips", [])],
             }
         )
 
     bar = tqdm(
-        total=len(videos), initial=len(records), desc="prepare", unit="file", disable=not progress
+        total=len(found.videos) + len(found.special),
+        initial=len(records),
+        desc="prepare",
+        unit="file",
+        disable=not progress,
     )
     tally = {"ok": sum(r["status"] == "ok" for r in records.values())}
     tally["skipped"] = len(records) - tally["ok"]
@@ -711,15 +909,24 @@ def prepare_folder(
         bar.update(1)
         bar.set_postfix(tally)
 
+    finished = False
     try:
         run_tasks(tasks, workers=int(workers), on_done=on_done)
+        finished = True
     finally:
         bar.close()
+        # An interrupted run (Ctrl-C, an error) keeps an existing index whole rather than
+        # replace it with a partial one; a first run still gets the index of what it did.
         report = _write_outputs(
             out,
             settings,
             records,
-            ignored=[p.relative_to(src).as_posix() for p in ignored],
+            src=src,
+            ignored=[p.relative_to(src).as_posix() for p in found.ignored],
+            unreadable=[
+                {"path": _relative(p, src), "reason": reason} for p, reason in found.unreadable
+            ],
+            switch_index=finished or not (out / "index.jsonl").exists(),
             speakers=speaker_ids,
         )
     return report
@@ -732,16 +939,52 @@ def _label_speakers(clips: list[dict], speaker: str | None) -> list[dict]:
     return [clip if clip.get("speaker_id") else {**clip, "speaker_id": speaker} for clip in clips]
 
 
+def _relative(path: Path, src: Path) -> str:
+    try:
+        return path.relative_to(src).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _remove_unindexed_clips(out: Path, indexed: set[str]) -> int:
+    """Delete clip files (and leftover temporary files) that the index does not name.
+
+    Called only after the new index is in place: until then, the old index's files stay.
+    """
+    removed = 0
+    clips = out / "clips"
+    if not clips.is_dir():
+        return 0
+    for entry in clips.iterdir():
+        name = f"clips/{entry.name}"
+        ours = entry.name.endswith(".npz") or (
+            entry.name.startswith(".") and entry.name.endswith(".tmp")
+        )
+        if ours and entry.is_file() and name not in indexed:
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _write_outputs(
     out: Path,
     settings: Settings,
     records: dict[str, dict],
     *,
+    src: Path,
     ignored: list[str],
+    unreadable: list[dict],
+    switch_index: bool = True,
     speakers: dict[str, str | None] | None = None,
 ) -> dict:
-    """Rebuild index.jsonl and report.json from the per-file records (sorted by path)."""
-    files, index_lines, reasons = [], [], {}
+    """Rebuild the report and the index from the per-file records (sorted by path).
+
+    Order matters for crash safety: report and settings first, then ``index.jsonl`` in one
+    atomic rename (what training reads switches to the new clips at once), and only then the
+    clips no index names are removed. Without ``switch_index`` only the report is written.
+    ``speakers`` labels the clips of each source that SynthSing gave no speaker.
+    """
+    files, index_lines, reasons, indexed = [], [], {}, set()
     speakers = speakers or {}
     for rel in sorted(records):
         record = records[rel]
@@ -760,7 +1003,9 @@ def _write_outputs(
             # Group by the reason's headline ("too short", "no audio track"), not its details.
             headline = str(record.get("reason")).split(" (")[0].split(":")[0]
             reasons[headline] = reasons.get(headline, 0) + 1
-        index_lines.extend(json.dumps(clip, sort_keys=True) for clip in clips)
+        for clip in clips:
+            index_lines.append(json.dumps(clip, sort_keys=True))
+            indexed.add(clip["file"])
     labelled = {json.loads(line).get("speaker_id") for line in index_lines} - {None}
     counts = {
         "files": len(files),
@@ -769,13 +1014,24 @@ def _write_outputs(
         "clips": len(index_lines),
         "cached": sum(f["cached"] for f in files),
         "ignored": len(ignored),
+        "unreadable": len(unreadable),
         "skipped_by_reason": reasons,
         "speakers": len(labelled),
     }
-    report = {"settings": settings.to_dict(), "files": files, "ignored": ignored, "counts": counts}
+    report = {
+        "settings": settings.to_dict(),
+        "files": files,
+        "ignored": ignored,
+        "unreadable": unreadable,
+        "counts": counts,
+    }
+    _write_json(out / "report.json", report)
+    if not switch_index:
+        return report
+    _write_json(out / "prepare.json", {"src": str(src.resolve()), "settings": settings.to_dict()})
     text = "".join(line + "\n" for line in index_lines)
     _write_atomic(out / "index.jsonl", lambda handle: handle.write(text.encode("utf-8")))
-    _write_json(out / "report.json", report)
+    _remove_unindexed_clips(out, indexed)
     return report
 
 
@@ -825,8 +1081,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare_from_args(args: argparse.Namespace) -> dict:
-    return prepare_folder(
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    report = prepare_folder(
         args.src,
         args.out,
         size=args.size,
@@ -842,25 +1100,16 @@ def _prepare_from_args(args: argparse.Namespace) -> dict:
         speakers=args.speakers,
         speaker_pattern=args.speaker_pattern,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.require_face and args.no_detect:
-        build_parser().error("--require-face needs face detection; drop --no-detect")
-    if not args.src.is_dir():
-        build_parser().error(f"--src {args.src} is not a folder")
-    try:
-        report = _prepare_from_args(args)
-    except SpeakerMapError as err:
-        print(f"error: {err} — fix the speaker file or pattern", file=sys.stderr)
-        return 2
     counts = report["counts"]
     print(
         f"prepared {counts['ok']} ok, {counts['skipped']} skipped ({counts['clips']} clips, "
         f"{counts['cached']} files reused, {counts['speakers']} named speakers); "
         f"report: {args.out / 'report.json'}"
     )
+    for folder in report["unreadable"]:
+        print(
+            f"warning: could not read folder {folder['path']}: {folder['reason']}", file=sys.stderr
+        )
     if counts["files"] == 0:
         print(f"no video files found under {args.src}", file=sys.stderr)
         return 1

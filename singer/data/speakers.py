@@ -23,11 +23,16 @@ import json
 import re
 from pathlib import Path
 
+from singer.cli import UserError
+
 SIDECAR_NAMES = ("speakers.csv", "speakers.json")
 
 
-class SpeakerMapError(ValueError):
+class SpeakerMapError(UserError, ValueError):
     """A sidecar file or pattern that cannot be used."""
+
+    def __init__(self, what: str, todo: str = "fix the speaker file or --speaker-pattern"):
+        super().__init__(what, todo)
 
 
 def read_sidecar(path: str | Path) -> dict[str, str]:

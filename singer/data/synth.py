@@ -58,6 +58,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import butter, lfilter, sosfilt
 
+from singer.cli import UserError, entry_point
+
 AUDIO_CAUSES = ("loudness", "pitch", "vibrato_phase", "f2", "held", "onset")
 FACE_CUES = ("mouth_open", "mouth_width", "brow", "sway", "eye_close", "nod")
 ESTIMATED_CUES = ("mouth_open", "mouth_width", "brow", "sway", "eye_close")
@@ -909,6 +911,26 @@ def generate_dataset(
     return records
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The command line's numbers, checked before any work: one user error naming them all."""
+    problems = []
+    if args.clips < 1:
+        problems.append(f"--clips {args.clips} (give 1 or more)")
+    if not 0 <= args.seed <= 2**31 - 1:
+        problems.append(f"--seed {args.seed} (give 0 to {2**31 - 1})")
+    if args.size % 2 or not 32 <= args.size <= 128:
+        problems.append(f"--size {args.size} (give an even number from 32 to 128)")
+    if not (math.isfinite(args.seconds) and math.isfinite(args.fps)) or args.seconds * args.fps < 1:
+        problems.append(f"--seconds {args.seconds} at --fps {args.fps} (a clip needs a frame)")
+    if not 4000 <= args.sr <= 192_000:
+        problems.append(f"--sr {args.sr} (give 4000 to 192000 Hz)")
+    if args.workers < 1:
+        problems.append(f"--workers {args.workers} (give 1 or more)")
+    if problems:
+        raise UserError("bad arguments: " + "; ".join(problems), "fix them (see --help)")
+
+
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Generate the SynthSing benchmark (mp4 clips + per-frame truth)."
@@ -923,6 +945,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sr", type=int, default=16000, help="audio sample rate")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
+    check_arguments(args)
     fps = int(args.fps) if float(args.fps).is_integer() else args.fps
     records = generate_dataset(
         args.out,
@@ -939,4 +962,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -34,6 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from singer.safe_io import check_private_tree
 from singer.sweeps.progress import SweepProgress
 from singer.sweeps.spec import (
     Configuration,
@@ -710,6 +711,8 @@ class SweepDriver:
     def run(self) -> SweepSummary:
         """Run (or resume) the sweep to the end; returns where everything was recorded."""
         self._prepare_out_dir()
+        # Job results are unpickled from jobs/: refuse a sweep folder others can write to.
+        check_private_tree(self.out_dir, subfolders=("jobs",), what="sweep folder")
         self._open_study()
         self.state["sessions"] = int(self.state.get("sessions", 0)) + 1
         self._open_tracking()

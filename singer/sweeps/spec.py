@@ -2,9 +2,17 @@
 
 A sweep file is YAML (format in ``sweeps/README.md``). :func:`load_sweep` checks all of it
 before anything is launched: unknown keys at any level, bad ranges, unknown metrics, a bad
-launcher, and every override the sweep can produce is composed with
-:func:`singer.config.compose`, so an unknown registry name or a ``_target_`` fails here.
-Each error names the file, the key and what is allowed.
+launcher, and the overrides the sweep can produce are checked, so an unknown registry name,
+a value of the wrong type or range, or a ``_target_`` fails here. Each error names the file,
+the key and what is allowed.
+
+Validation is bounded whatever the file holds: the file is read up to :data:`MAX_FILE_BYTES`,
+YAML anchors and aliases are refused (so a "billion laughs" file never expands), the number
+of choices, variants, overrides and grid points is capped, and each axis of the space is
+checked value by value against the composed config (type and range, see
+:func:`singer.config.check_value`) while only a few representative values are composed.
+A sweep file may not reach Hydra's own section (``hydra.*``), nor use a resolver other than
+plain interpolation (``${a.b}``): ``${oc.env:...}`` would copy the environment into MLflow.
 """
 
 from __future__ import annotations
@@ -19,6 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from singer.cli import UserError
+
+# Bounds on what validation reads and builds (a real sweep file is a few kB).
+MAX_FILE_BYTES = 256 * 1024
+MAX_CHOICES = 1_000  # values of one choice param
+MAX_VARIANTS = 200
+MAX_PARAMS = 50  # params of the space
+MAX_OVERRIDES = 200  # in one override list
+MAX_GRID_POINTS = 10_000  # configurations of a grid sweep (variants included)
+MAX_SEED = 2**31 - 1  # as singer.config.SEED_MAX
+MAX_SHOWN = 200  # characters of a value quoted in an error message
 
 TOP_KEYS = (
     "name",
@@ -81,8 +101,41 @@ KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 VARIANT_PARAM = "variant"  # the Optuna param that names a variant trial
 
 
-class SweepSpecError(ValueError):
+class SweepSpecError(UserError, ValueError):
     """A sweep file that cannot run; the message names the file, the key and what is allowed."""
+
+    def __init__(
+        self, what: str, todo: str = "fix the sweep file (its format is in sweeps/README.md)"
+    ):
+        super().__init__(what, todo)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to a readable length for an error message."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 5] + " ...'"
+
+
+# ``${a.b}`` reads another config key; any other ``${...}`` (``${oc.env:X}``, ``${now:}``)
+# calls a resolver.
+_INTERPOLATION = re.compile(r"\$\{")
+_PLAIN_INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_.]*\}")
+
+
+def _resolver_in(text: str) -> bool:
+    return len(_INTERPOLATION.findall(text)) != len(_PLAIN_INTERPOLATION.findall(text))
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
 
 
 # -- Hydra override text ----------------------------------------------------------------------
@@ -158,6 +211,14 @@ class Param:
             return self.choices()
         if self.type == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step)))
+        raise SweepSpecError(f"param {self.key!r} of type {self.type} has no grid")
+
+    def grid_size(self) -> int:
+        """``len(grid_values())``, without building the list."""
+        if self.type == "choice":
+            return len(self.values)
+        if self.type == "int":
+            return (int(self.high) - int(self.low)) // int(self.step) + 1
         raise SweepSpecError(f"param {self.key!r} of type {self.type} has no grid")
 
     def override(self, value: Any) -> str:
@@ -325,7 +386,25 @@ class SweepSpec:
 # -- loading and validation -------------------------------------------------------------------
 class _Loader(yaml.SafeLoader):
     """PyYAML follows YAML 1.1, where ``1e-3`` (no dot) is a string; sweep files are full of
-    learning rates written that way, so read them as floats (as YAML 1.2 does)."""
+    learning rates written that way, so read them as floats (as YAML 1.2 does).
+
+    Anchors and aliases are refused as soon as the parser meets one: an alias shares a node,
+    and a few hundred bytes of nested aliases ("billion laughs") expand to gigabytes wherever
+    the data is walked, printed or composed.
+    """
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _AnchorRefused(
+                f"line {event.start_mark.line + 1}: YAML anchors and aliases "
+                f"(&{event.anchor} / *{event.anchor}) are not allowed in a sweep file"
+            )
+        return super().compose_node(parent, index)
+
+
+class _AnchorRefused(yaml.YAMLError):
+    pass
 
 
 _Loader.add_implicit_resolver(
@@ -342,6 +421,8 @@ class _Checker:
         self.path = path
 
     def error(self, key: str, problem: str, allowed: str | None = None) -> SweepSpecError:
+        if len(problem) > 4 * MAX_SHOWN:
+            problem = problem[: 4 * MAX_SHOWN] + " ..."
         text = f"{self.path}: key '{key}': {problem}"
         if allowed:
             text += f"; allowed: {allowed}"
@@ -353,11 +434,12 @@ class _Checker:
         if not isinstance(value, Mapping):
             raise self.error(
                 key,
-                f"must be a mapping, got {type(value).__name__} {value!r}",
-                f"a mapping with keys {', '.join(allowed_keys)}",
+                f"must be a mapping, got {type(value).__name__} {_shown(value)}",
+                f"a mapping with keys {', '.join(allowed_keys[:20])}",
             )
+        known = set(allowed_keys)  # a set: a mapping may have thousands of keys
         for k in value:
-            if k not in allowed_keys:
+            if k not in known:
                 raise self.error(
                     f"{key}.{k}" if key else str(k), "unknown key", ", ".join(allowed_keys)
                 )
@@ -373,7 +455,9 @@ class _Checker:
             or (low is not None and value < low)
         ):
             raise self.error(
-                key, f"got {value!r}", f"an integer >= {low}" if low is not None else "an integer"
+                key,
+                f"got {_shown(value)}",
+                f"an integer >= {low}" if low is not None else "an integer",
             )
         return value
 
@@ -383,7 +467,7 @@ class _Checker:
             or not isinstance(value, (int, float))
             or not math.isfinite(value)
         ):
-            raise self.error(key, f"got {value!r}", "a finite number")
+            raise self.error(key, f"got {_shown(value)}", "a finite number")
         return value
 
     def string(
@@ -394,7 +478,7 @@ class _Checker:
             or not value.strip()
             or (pattern is not None and not pattern.match(value))
         ):
-            raise self.error(key, f"got {value!r}", what)
+            raise self.error(key, f"got {_shown(value)}", what)
         return value.strip()
 
     def overrides(self, key: str, value: Any) -> tuple[str, ...]:
@@ -403,20 +487,39 @@ class _Checker:
         if not isinstance(value, list):
             raise self.error(
                 key,
-                f"must be a list of Hydra override strings, got {value!r}",
+                f"must be a list of Hydra override strings, got {_shown(value)}",
                 "a list such as [trainer=cpu_tiny, frontend.levels=2]",
             )
+        if len(value) > MAX_OVERRIDES:
+            raise self.error(key, f"has {len(value)} overrides", f"at most {MAX_OVERRIDES}")
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, str) or "=" not in item or not override_key(item):
                 raise self.error(
-                    f"{key}[{i}]", f"got {item!r}", "a Hydra override string 'key=value'"
+                    f"{key}[{i}]", f"got {_shown(item)}", "a Hydra override string 'key=value'"
                 )
             self.not_reserved(f"{key}[{i}]", override_key(item))
+            self.plain_value(f"{key}[{i}]", item.split("=", 1)[1])
             out.append(item.strip())
         return tuple(out)
 
+    def plain_value(self, key: str, value: Any) -> None:
+        """No resolver calls: ``${oc.env:X}`` would read the environment (and log it)."""
+        for text in _strings(value):
+            if _resolver_in(text):
+                raise self.error(
+                    key,
+                    f"{_shown(text)} calls a resolver",
+                    "plain values, or ${a.b} to refer to another config key",
+                )
+
     def not_reserved(self, key: str, config_key: str) -> None:
+        if config_key == "hydra" or config_key.startswith(("hydra.", "hydra/")):
+            raise self.error(
+                key,
+                f"sets '{config_key}', in Hydra's own section",
+                "keys of singer/conf only (the sweep decides where and how jobs run)",
+            )
         for reserved in RESERVED_KEYS:
             if config_key == reserved or config_key.startswith(reserved + "."):
                 raise self.error(
@@ -436,21 +539,28 @@ def _param(check: _Checker, key: str, value: Any) -> Param:
     if not isinstance(value, Mapping) or "type" not in value:
         raise check.error(
             where,
-            f"must be a mapping with a 'type', got {value!r}",
+            f"must be a mapping with a 'type', got {_shown(value)}",
             "type: " + " | ".join(PARAM_TYPES),
         )
     kind = value["type"]
     if kind not in PARAM_TYPES:
-        raise check.error(f"{where}.type", f"unknown type {kind!r}", " | ".join(PARAM_TYPES))
+        raise check.error(f"{where}.type", f"unknown type {_shown(kind)}", " | ".join(PARAM_TYPES))
     required = ("type", "values") if kind == "choice" else ("type", "low", "high")
     check.mapping(where, value, PARAM_TYPES[kind], required=required)
     if kind == "choice":
         values = value["values"]
         if not isinstance(values, list) or not values:
-            raise check.error(f"{where}.values", f"got {values!r}", "a non-empty list")
+            raise check.error(f"{where}.values", f"got {_shown(values)}", "a non-empty list")
+        if len(values) > MAX_CHOICES:
+            raise check.error(
+                f"{where}.values", f"has {len(values)} values", f"at most {MAX_CHOICES}"
+            )
+        check.plain_value(f"{where}.values", values)
         stored = Param(key, kind, tuple(values)).choices()
         if len({json.dumps(v) for v in stored}) != len(stored):
-            raise check.error(f"{where}.values", f"has duplicates: {values!r}", "distinct values")
+            raise check.error(
+                f"{where}.values", f"has duplicates: {_shown(values)}", "distinct values"
+            )
         for v in values:
             hydra_value(v)  # unrepresentable values fail early
         return Param(key, kind, tuple(values))
@@ -591,34 +701,115 @@ def check_launcher(path: Path | str, key: str, launcher: Any, timeout_min: int) 
     return launcher.strip()
 
 
+MAX_GROUP_CHOICES = 50  # a config group has a handful of options: each one is composed
+
+
+def _kind(value: Any) -> str:
+    """The kind of a config value, for comparing choice values with the config's own."""
+    from omegaconf import DictConfig, ListConfig
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple, ListConfig)):
+        return "list"
+    if isinstance(value, (Mapping, DictConfig)):
+        return "mapping"
+    return type(value).__name__
+
+
 def _check_composes(check: _Checker, spec: SweepSpec) -> None:
-    """Compose the base overrides, each choice value / range end with them, and each variant.
+    """Check every override the sweep can produce, composing only a few.
 
-    One key at a time (not the full product) keeps this to a few dozen compositions while still
-    catching every unknown key, registry name and ``_target_`` the sweep can produce.
+    The base overrides and each variant are composed (variants are capped). Each axis of the
+    space is checked value by value, without composing each: a config group (``frontend``)
+    composes each of its few values; any other key checks every value's kind against the
+    composed config's value there and its range (:func:`singer.config.check_value`), then
+    composes a representative set (first, last, one of each kind; a range's two ends). So a
+    grid of thousands of values validates in seconds.
     """
-    from singer.config import compose
+    from omegaconf import DictConfig, OmegaConf
 
-    def attempt(key: str, overrides: Sequence[str], what: str) -> None:
+    from singer.config import ConfigError, check_value, compose
+
+    def attempt(key: str, overrides: Sequence[str], what: str):
         try:
-            compose(merge_overrides(spec.overrides, overrides))
+            return compose(merge_overrides(spec.overrides, overrides))
         except Exception as err:  # Hydra and config errors alike; report them as the sweep's
-            text = " ".join(str(err).split())
+            text = " ".join((err.what if isinstance(err, UserError) else str(err)).split())
             raise check.error(
                 key, f"{what} does not compose: {type(err).__name__}: {text[:600]}"
             ) from None
 
-    attempt("overrides", [], "the base overrides")
+    def value_fits(where: str, key: str, written: Any) -> None:
+        try:
+            check_value(key, written)
+        except ConfigError as err:
+            raise check.error(where, f"value {_shown(written)}: {err.what}", err.todo) from None
+
+    base = attempt("overrides", [], "the base overrides")
     for param in spec.space:
-        if param.type == "choice":
-            tests = list(zip(param.values, param.choices()))
+        where = f"space.{param.key}"
+        try:
+            current = OmegaConf.select(base, param.key, default=None, throw_on_missing=False)
+        except Exception:  # an interpolation that resolves only with the param set
+            current = None
+        if param.type != "choice":
+            if _kind(current) not in ("null", "number"):
+                raise check.error(
+                    where,
+                    f"a numeric range, but the config holds {_kind(current)} "
+                    f"{_shown(OmegaConf.to_container(current) if isinstance(current, DictConfig) else current)} there",
+                    "a choice param for non-numeric keys",
+                )
+            for end in (param.low, param.high):
+                value_fits(where, param.key, end)
+                attempt(
+                    where,
+                    [param.override(end)],
+                    f"value {end!r} (override '{param.override(end)}')",
+                )
+            continue
+
+        pairs = list(zip(param.values, param.choices()))
+        if isinstance(current, DictConfig) or (
+            "." not in param.key and all(isinstance(v, str) for v in param.values)
+        ):
+            # A config group: each value names a config file.
+            if len(pairs) > MAX_GROUP_CHOICES:
+                raise check.error(
+                    f"{where}.values",
+                    f"has {len(pairs)} values for a config group",
+                    f"at most {MAX_GROUP_CHOICES}",
+                )
+            tests = pairs
         else:
-            tests = [(param.low, param.low), (param.high, param.high)]
+            expected = _kind(current)
+            for written, _ in pairs:
+                if expected != "null" and _kind(written) != expected:
+                    raise check.error(
+                        where,
+                        f"value {_shown(written)} is a {_kind(written)}, but the config holds "
+                        f"a {expected} there ({_shown(current)})",
+                        f"{expected} values",
+                    )
+                value_fits(where, param.key, written)
+            chosen, kinds = {0, len(pairs) - 1}, set()
+            for i, (written, _) in enumerate(pairs):
+                if _kind(written) not in kinds:
+                    kinds.add(_kind(written))
+                    chosen.add(i)
+            tests = [pairs[i] for i in sorted(chosen)]
         for written, stored in tests:
             attempt(
-                f"space.{param.key}",
+                where,
                 [param.override(stored)],
-                f"value {written!r} (override '{param.override(stored)}')",
+                f"value {_shown(written)} (override '{param.override(stored)}')",
             )
     for name, overrides in spec.variants.items():
         attempt(f"variants.{name}", overrides, f"variant {name!r} ({' '.join(overrides)})")
@@ -642,10 +833,16 @@ def parse_sweep(
 
     space_raw = data.get("space") or {}
     check.mapping("space", space_raw, list(space_raw))  # a mapping; any keys
+    if len(space_raw) > MAX_PARAMS:
+        raise check.error("space", f"has {len(space_raw)} params", f"at most {MAX_PARAMS}")
     space = tuple(_param(check, str(k), v) for k, v in space_raw.items())
 
     variants_raw = data.get("variants") or {}
     check.mapping("variants", variants_raw, list(variants_raw))
+    if len(variants_raw) > MAX_VARIANTS:
+        raise check.error(
+            "variants", f"has {len(variants_raw)} variants", f"at most {MAX_VARIANTS}"
+        )
     variants: dict[str, tuple[str, ...]] = {}
     for vname, vover in variants_raw.items():
         check.string(
@@ -684,6 +881,15 @@ def parse_sweep(
                     f"{p.type} params have no grid",
                     "choice or int with the grid sampler (or use sampler: tpe | random)",
                 )
+        points = math.prod(p.grid_size() for p in space) if space else 0
+        if points + len(variants) > MAX_GRID_POINTS:
+            raise check.error(
+                "space",
+                f"the grid has {points + len(variants)} configurations "
+                f"({' × '.join(str(p.grid_size()) for p in space)} + {len(variants)} variants)",
+                f"at most {MAX_GRID_POINTS}: a coarser grid, or sampler: tpe | random "
+                "with limits.trials",
+            )
 
     objectives_raw = data["objectives"]
     if not isinstance(objectives_raw, list) or not objectives_raw:
@@ -754,9 +960,14 @@ def parse_sweep(
     seeds_raw = data.get("seeds", [0])
     if not isinstance(seeds_raw, list) or not seeds_raw:
         raise check.error("seeds", f"got {seeds_raw!r}", "a non-empty list of integers")
+    if len(seeds_raw) > MAX_VARIANTS:
+        raise check.error("seeds", f"has {len(seeds_raw)} seeds", f"at most {MAX_VARIANTS}")
     seeds = tuple(check.integer(f"seeds[{i}]", s, low=0) for i, s in enumerate(seeds_raw))
+    for i, seed in enumerate(seeds):
+        if seed > MAX_SEED:
+            raise check.error(f"seeds[{i}]", f"got {seed}", f"an integer from 0 to {MAX_SEED}")
     if len(set(seeds)) != len(seeds):
-        raise check.error("seeds", f"has duplicates: {seeds_raw!r}", "distinct integers")
+        raise check.error("seeds", f"has duplicates: {_shown(seeds_raw)}", "distinct integers")
 
     limits = check.mapping("limits", data.get("limits") or {}, LIMIT_KEYS)
     trials = limits.get("trials")
@@ -822,9 +1033,28 @@ def load_sweep(path: str | Path, *, compose_check: bool = True) -> SweepSpec:
     """Read and validate a sweep file; raises :class:`SweepSpecError` naming the file and key."""
     path = Path(path)
     if not path.is_file():
-        raise SweepSpecError(f"{path}: no such sweep file")
+        raise SweepSpecError(f"{path}: no such sweep file", "check the path")
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise SweepSpecError(
+            f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB",
+            "a sweep file describes a space, it does not list it: use int ranges, "
+            "fewer choices, or sampler: tpe | random",
+        )
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        if b"\0" in raw:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "NUL")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SweepSpecError(
+            f"{path}: not a text file (byte {err.start} is not UTF-8 text)",
+            "give a YAML sweep file (its format is in sweeps/README.md)",
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
-        raise SweepSpecError(f"{path}: not valid YAML: {err}") from err
+        raise SweepSpecError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise SweepSpecError(f"{path}: nested too deeply") from None
     return parse_sweep(data, path, compose_check=compose_check)

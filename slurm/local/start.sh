@@ -16,7 +16,11 @@
 # Daemons run in the foreground under setsid; their PIDs go to STATE_DIR/run/*.pid and
 # stop.sh stops them by those PIDs. Every daemon runs as root (SlurmUser=root, munged
 # with --force) so that STATE_DIR may sit anywhere, even inside a folder only root can
-# enter. This is a test cluster: do not expose it beyond 127.0.0.1.
+# enter. This is a test cluster: every daemon listens on 127.0.0.1 only (MariaDB by
+# --bind-address; slurmctld, slurmd and slurmdbd by CommunicationParameters=NoInAddrAny,
+# which binds them to the address their host name resolves to, and they run with the host
+# name "localhost" in a UTS namespace of their own, so that address is 127.0.0.1 whatever
+# this machine is called). tests/test_slurm_local.py checks the listening sockets.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -58,7 +62,7 @@ cleanup_on_failure() {
 }
 trap cleanup_on_failure EXIT
 
-for cmd in munged munge mariadbd mariadb-install-db mariadb slurmdbd slurmctld slurmd sacctmgr sinfo setsid; do
+for cmd in munged munge mariadbd mariadb-install-db mariadb slurmdbd slurmctld slurmd sacctmgr sinfo setsid unshare getent; do
     command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' not found; run slurm/local/install.sh first (as root)"
 done
 [[ "$(id -u)" -eq 0 ]] || die "must run as root (SlurmUser=root); the daemons need it"
@@ -93,6 +97,16 @@ for pair in "slurmctld:$CTLD_PORT:SINGER_SLURM_CTLD_PORT" "slurmd:$SLURMD_PORT:S
         die "port $port (for $name) is already in use on 127.0.0.1; pick another with $var=..."
     fi
 done
+
+# AS_LOCALHOST CMD...: run CMD with the host name "localhost" (its own UTS namespace), so
+# that a SLURM daemon told to bind to its host name's address (NoInAddrAny) binds to
+# 127.0.0.1. Every step execs, so the PID stays the daemon's.
+AS_LOCALHOST=(unshare --uts -- sh -c 'hostname localhost && exec "$@"' sh)
+"${AS_LOCALHOST[@]}" true 2>/dev/null || die "cannot run a daemon in a UTS namespace of its own (unshare --uts)"
+case "$(getent ahostsv4 localhost | awk 'NR == 1 {print $1}')" in
+127.*) ;;
+*) die "the name 'localhost' does not resolve to a 127.x address; fix /etc/hosts" ;;
+esac
 
 # start_daemon NAME CMD...: run CMD in its own session, output to $LOG/NAME.out,
 # and keep its PID (setsid execs the command, so $! is the daemon itself).
@@ -173,6 +187,8 @@ AuthInfo=socket=$MUNGE_SOCKET
 DbdHost=localhost
 DbdAddr=127.0.0.1
 DbdPort=$DBD_PORT
+# Bind to the host name's address (127.0.0.1 under AS_LOCALHOST), not to every interface.
+CommunicationParameters=NoInAddrAny
 SlurmUser=root
 LogFile=$LOG/slurmdbd.log
 PidFile=$RUN/slurmdbd.own.pid
@@ -192,6 +208,9 @@ cat >"$SLURM_CONF" <<EOF
 ClusterName=$CLUSTER
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
+# Bind slurmctld and slurmd to their host name's address (127.0.0.1 under AS_LOCALHOST),
+# not to every interface.
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
@@ -233,16 +252,16 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
 
 # ---- slurmdbd, then register the cluster before slurmctld first connects ------------
-start_daemon slurmdbd slurmdbd -D
+start_daemon slurmdbd "${AS_LOCALHOST[@]}" slurmdbd -D
 wait_for slurmdbd "$LOG/slurmdbd.log" "slurmdbd to answer sacctmgr" sacctmgr -n list cluster
 if [[ -z "$(sacctmgr -n -P list cluster "$CLUSTER" format=cluster)" ]]; then
     sacctmgr -i add cluster "$CLUSTER" >/dev/null
 fi
 
 # ---- slurmctld and slurmd -----------------------------------------------------------
-start_daemon slurmctld slurmctld -D
+start_daemon slurmctld "${AS_LOCALHOST[@]}" slurmctld -D
 wait_for slurmctld "$LOG/slurmctld.log" "slurmctld to answer sinfo" sinfo -h
-start_daemon slurmd slurmd -D -N localhost
+start_daemon slurmd "${AS_LOCALHOST[@]}" slurmd -D -N localhost
 node_idle() { [[ "$(sinfo -h -n localhost -o %T)" == idle ]]; }
 wait_for slurmd "$LOG/slurmd.log" "node 'localhost' to become idle (sinfo)" node_idle
 
