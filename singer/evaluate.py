@@ -150,10 +150,7 @@ def videos_main(argv: list[str]) -> int:
     from singer.evaluation.videos import evaluate_videos
 
     if args.out.exists() and not args.out.is_dir():
-        print(
-            f"error: --out {args.out} is a file — give a folder for metrics.json", file=sys.stderr
-        )
-        return 2
+        raise UserError(f"--out {args.out} is a file", "give a folder for metrics.json")
     try:
         protocol = load_protocol(args.protocol, args.overrides)
         result, files = evaluate_videos(
