@@ -19,6 +19,8 @@ class EvalBatch:
     cues:        B×F×K ground-truth per-frame cues in ``singer.data.synth.CUES`` order (or None).
     has_cues:    B bool, whether ``cues`` is real for that clip (prepared real data has none).
     clip_ids:    B identifiers, for per-clip reports.
+    vocals:      B×S clean voice of ``audio`` when it is known (SynthSing with accompaniment), else None.
+    mixture:     B×S soundtrack before vocal separation (``audio`` is then the separator's output), or None.
     """
 
     generated: torch.Tensor
@@ -29,6 +31,8 @@ class EvalBatch:
     cues: torch.Tensor | None = None
     has_cues: torch.Tensor | None = None
     clip_ids: list[str] | None = None
+    vocals: torch.Tensor | None = None
+    mixture: torch.Tensor | None = None
 
 
 class Metric:
