@@ -74,6 +74,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         if name not in registries[kind]:
             known = ", ".join(registries[kind].names())
             raise ConfigError(f"{group}.name: unknown {kind} '{name}'. Known {kind} names: {known}")
+    data = cfg.get("data")
+    separator = data.get("separator") if isinstance(data, DictConfig) else None
+    if separator is not None and separator not in registries["separator"]:
+        known = ", ".join(registries["separator"].names())
+        raise ConfigError(f"data.separator: unknown separator '{separator}'. Known: {known}")
     return cfg
 
 

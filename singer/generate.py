@@ -4,6 +4,8 @@
 
 Audio may be wav/flac/mp3/m4a/mp4 at any sample rate and channel count (it is resampled to
 the model's rate, mono); the face may be a png/jpg of any size (centre-cropped to a square).
+With ``--separate NAME`` the model is driven by a vocal separator's estimate of the voice, and
+the mp4 keeps the original song as its soundtrack.
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-ema", action="store_true", help="use the raw weights instead of the EMA weights"
     )
+    p.add_argument(
+        "--separate",
+        default="none",
+        metavar="NAME",
+        help="vocal separator for the conditioning audio (python -m singer.registry separator); "
+        "the mp4 keeps the original soundtrack",
+    )
+    p.add_argument(
+        "--separator-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the separator, e.g. checkpoint=/weights/hdemucs_high.pt (repeatable)",
+    )
     return p
 
 
@@ -44,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     from singer.data.media import MediaError, read_audio, read_image, write_mp4
     from singer.inference import generate_video, load_model
 
+    separator_args = None
+    if args.separate != "none" or args.separator_arg:
+        from singer.separation import check_separator
+
+        try:  # an unknown name, a bad option or a missing weight file, before any work
+            separator_args = check_separator(args.separate, args.separator_arg)
+        except (KeyError, ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         loaded = load_model(args.checkpoint, device=args.device, use_ema=not args.no_ema)
     except FileNotFoundError as err:
@@ -62,8 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(audio) == 0:
         print(f"error: {args.audio} has no audio samples", file=sys.stderr)
         return 2
+    condition = audio
+    if separator_args is not None:  # the model hears the voice; the mp4 keeps the whole song
+        from singer.separation import separate
+
+        condition = separate(
+            audio, args.separate, separator_args, sample_rate=loaded.sample_rate, progress=True
+        )
     frames = generate_video(
-        loaded, face, audio, steps=args.steps, guidance_scale=args.guidance, seed=args.seed
+        loaded, face, condition, steps=args.steps, guidance_scale=args.guidance, seed=args.seed
     )
     num_samples = round(len(frames) / loaded.fps * loaded.sample_rate)
     wave = np.pad(audio, (0, max(0, num_samples - len(audio))))[:num_samples]

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from singer import distributed, tracking
 from singer.config import flatten, to_container
 from singer.models.spec import Conditions, ModelSpec, count_parameters, get_model_spec
+from singer.separation.base import cache_separator
 
 CHECKPOINT_NAME = "last.pt"
 LOSS_WINDOW = 10  # diffusion losses are noisy per batch (random t): compare window means
@@ -240,7 +241,7 @@ def _resize_batch(batch: dict, size: int) -> dict:
 
 def build_datasets(cfg: DictConfig) -> tuple[Dataset, Dataset, Path]:
     """Train and validation ClipDatasets for the config (SynthSing generated on first use)."""
-    from singer.data.cache import ensure_synthsing
+    from singer.data.cache import ensure_synthsing, separation_options
     from singer.data.dataset import ClipDataset
 
     data = cfg.data
@@ -258,6 +259,7 @@ def build_datasets(cfg: DictConfig) -> tuple[Dataset, Dataset, Path]:
             fps=data.fps,
             sample_rate=data.sample_rate,
             clip_size=cfg.trainer.size,
+            **separation_options(data),
         )
     kinds = list(data.kinds) if data.kinds else None
     common = dict(
@@ -676,6 +678,8 @@ class Trainer:
         with distributed.main_first(env):  # rank 0 generates / prepares a missing cache first
             train_set, val_set, cache = build_datasets(self.cfg)
         run = self._open_run() if main else _NoRun()
+        # Which vocal separator the clips' audio went through (read from the cache itself).
+        run.set_tags({"data.separator": cache_separator(cache)})
         if resume_from is None:
             self.save_checkpoint()  # records the MLflow run id, so a kill before the first save still resumes it
         stream = BatchStream(

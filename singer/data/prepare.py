@@ -1,11 +1,13 @@
 """Turn any folder of videos into cached training clips.
 
     python -m singer.data.prepare --src VIDEOS --out CACHE [--size 64 --fps 25 --sr 16000
-        --clip-seconds 4 --min-seconds 1 --workers N --no-detect --require-face --force]
+        --clip-seconds 4 --min-seconds 1 --workers N --no-detect --require-face --force
+        --separate NAME --separator-arg KEY=VALUE]
 
 Per video file: probe it (PyAV), resample its frames to ``fps`` by presentation timestamp
 (variable frame rate is fine) and its audio to ``sample_rate`` mono, trimmed or padded to
-exactly ``frames / fps · sample_rate`` samples; cut it into clips of ``clip_seconds`` (a tail
+exactly ``frames / fps · sample_rate`` samples (with ``--separate NAME``, replaced by the vocal
+separator's estimate of the voice alone); cut it into clips of ``clip_seconds`` (a tail
 shorter than ``min_seconds`` is dropped); crop each clip to a fixed square around the face
 (or the centre) and resize it to ``size × size``.
 
@@ -88,6 +90,8 @@ class Settings:
     detect_faces: bool = True
     require_face: bool = False
     face_detector: str | None = None  # which detector backend ran (part of the cache key)
+    separator: str = "none"  # vocal separator run on each file's audio (singer.separation)
+    separator_args: tuple = ()  # its options, as sorted (key, value) pairs
 
     @property
     def clip_frames(self) -> int:
@@ -112,6 +116,7 @@ class Settings:
             "require_face": self.require_face,
             "face_detector": self.face_detector,
             "face_scale": FACE_SCALE,
+            "separator": {"name": self.separator, "args": dict(self.separator_args)},
             "version": PREPARE_VERSION,
         }
 
@@ -447,6 +452,16 @@ def _prepare_clips(
                 f"audio ends {missing / settings.sample_rate:.2f} s before the video; padded with silence"
             )
         audio = fit_length(audio, settings.samples_for(total))
+        if settings.separator != "none":  # the clips keep the voice alone, not the music
+            from singer.separation import separate
+
+            audio = separate(
+                audio,
+                settings.separator,
+                dict(settings.separator_args),
+                progress=True,
+                sample_rate=settings.sample_rate,
+            )
 
         height, width = as_numpy(reader.get_batch([0])).shape[1:3]
         segments = split_segments(
@@ -493,6 +508,7 @@ def _prepare_clips(
                 "source_fps": round(info.fps, 4),
                 "kind": "unknown",
                 "speaker_id": None,
+                "separator": settings.separator,
             }
             if meta_record is not None:
                 entry["kind"] = str(meta_record.get("kind") or "unknown")
@@ -618,8 +634,14 @@ def prepare_folder(
     require_face: bool = False,
     force: bool = False,
     progress: bool = True,
+    separator: str = "none",
+    separator_args: dict | None = None,
 ) -> dict:
     """Prepare every video under ``src`` into the clip cache ``out``; return the report.
+
+    ``separator`` (a name in ``python -m singer.registry separator``, with ``separator_args``)
+    runs on each file's audio before it is cut into clips, so the cache holds the separated
+    voice; the clips' ``separator`` and the report's settings record it.
 
     The report (also at ``out/report.json``) is ``{"settings", "files": [{"path", "status",
     "reason", "clips", "notes", "cached"}], "ignored": [...], "counts": {...}}`` and lists every
@@ -636,6 +658,10 @@ def prepare_folder(
         )
     if size < 2 or fps <= 0 or sample_rate <= 0 or clip_seconds <= 0 or min_seconds < 0:
         raise ValueError("size ≥ 2, and fps, sample_rate and clip_seconds must be positive")
+    if separator != "none":
+        from singer.separation import load_separator
+
+        load_separator(separator, separator_args)  # a bad name, option or weight file fails here
     backend = FaceDetector().backend if detect_faces else None
     if require_face and backend is None:
         raise ValueError(
@@ -650,6 +676,8 @@ def prepare_folder(
         detect_faces=bool(detect_faces),
         require_face=bool(require_face),
         face_detector=backend,
+        separator=str(separator),
+        separator_args=tuple(sorted((separator_args or {}).items())) if separator != "none" else (),
     )
 
     inside = out.resolve().is_relative_to(src.resolve())
@@ -774,6 +802,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true", help="redo files that are already prepared")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--separate",
+        default="none",
+        metavar="NAME",
+        help="vocal separator run on the audio first (python -m singer.registry separator)",
+    )
+    parser.add_argument(
+        "--separator-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the separator, e.g. checkpoint=/weights/hdemucs_high.pt (repeatable)",
+    )
     return parser
 
 
@@ -783,6 +824,14 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--require-face needs face detection; drop --no-detect")
     if not args.src.is_dir():
         build_parser().error(f"--src {args.src} is not a folder")
+    separator_args = {}
+    if args.separate != "none" or args.separator_arg:
+        from singer.separation import check_separator
+
+        try:  # an unknown name, a bad option or a missing weight file: say so before any work
+            separator_args = check_separator(args.separate, args.separator_arg)
+        except (KeyError, ValueError, OSError) as err:
+            build_parser().error(str(err))
     report = prepare_folder(
         args.src,
         args.out,
@@ -796,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
         require_face=args.require_face,
         force=args.force,
         progress=not args.quiet,
+        separator=args.separate,
+        separator_args=separator_args,
     )
     counts = report["counts"]
     print(

@@ -145,7 +145,7 @@ def _cache_dir(cfg, data_cache: str | Path | None, progress: bool) -> Path:
     data = cfg.data
     if data.get("cache_dir"):
         return Path(data.cache_dir)
-    from singer.data.cache import ensure_synthsing
+    from singer.data.cache import ensure_synthsing, separation_options
 
     synth = data.synth
     return ensure_synthsing(
@@ -159,6 +159,7 @@ def _cache_dir(cfg, data_cache: str | Path | None, progress: bool) -> Path:
         sample_rate=data.sample_rate,
         clip_size=cfg.trainer.size,
         progress=progress,
+        **separation_options(data),
     )
 
 
