@@ -1,5 +1,6 @@
 """Vocal separators: registry, chunked overlap-add, mask_net, pretrained Hybrid Demucs, SI-SDR."""
 
+import json
 import math
 import numpy as np
 import pytest
@@ -298,3 +299,30 @@ def test_cache_separator_reads_prepare_json(tmp_path):
         '{"settings": {"separator": {"name": "mask_net", "args": {}}}}'
     )
     assert cache_separator(tmp_path) == "mask_net"
+
+
+# -- the measurement command --------------------------------------------------------------------
+def test_measure_scores_separators_on_held_out_clips(tmp_path, capsys):
+    from singer.separation.measure import main, measure
+
+    result = measure(
+        tmp_path / "m",
+        separators={"none": {}, "mask_net": {"checkpoint": "random"}},
+        vmr_levels=[3.0],
+        clips=2,
+        seconds=1.0,
+        bootstrap=50,
+        progress=False,
+    )
+    rows = {row["separator"]: row for row in result["rows"]}
+    assert rows["none"]["si_sdr_improvement"] == 0.0 and rows["none"]["clips"] == 2
+    assert rows["none"]["speakers"] == 1  # SynthSing clips 0 and 1 share a speaker
+    assert abs(rows["none"]["si_sdr_mixture"] - 3.0) < 1.5
+    assert rows["mask_net"]["si_sdr_mixture"] == rows["none"]["si_sdr_mixture"]  # paired
+    assert rows["mask_net"]["si_sdr_improvement"] != 0.0
+    table = (tmp_path / "m" / "separation.md").read_text()
+    assert "| +3 | mask_net |" in table and "2 (1)" in table
+    saved = json.loads((tmp_path / "m" / "separation.json").read_text())
+    assert len(saved["per_clip"]["+3dB/mask_net"]["separation/si_sdr"]) == 2
+    assert main(["--out", str(tmp_path / "x"), "--separators", "none", "nosuch"]) == 2
+    assert "unknown separator 'nosuch'" in capsys.readouterr().err

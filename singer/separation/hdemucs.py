@@ -8,10 +8,10 @@ with ``torch.load(weights_only=True)``; nothing is downloaded. The intended file
 dict of ``torchaudio.pipelines.HDEMUCS_HIGH_MUSDB_PLUS`` (MUSDB-HQ plus 150 extra songs; sources
 drums, bass, other, vocals; 44.1 kHz stereo), saved once on a machine with network access.
 
-The mono 16 kHz mixture is resampled to the model's rate, duplicated to stereo, normalised
-by the whole input's mean and standard deviation (as the model was trained), separated in
-chunks of ``chunk_seconds`` (10 s by default, as torchaudio's tutorial does), and the
-``vocals`` source is averaged to mono, rescaled and resampled back to 16 kHz.
+The mono 16 kHz mixture is normalised by its mean and standard deviation over its whole
+length, resampled to the model's rate, duplicated to stereo and separated in chunks of
+``chunk_seconds`` (10 s by default; torchaudio's tutorial does both the same way); the
+``vocals`` source is averaged to mono, resampled back to 16 kHz and rescaled.
 """
 
 from __future__ import annotations
@@ -81,9 +81,10 @@ class HDemucsSeparator(Separator):
 
     @torch.no_grad()
     def forward(self, mixture: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        # Normalise by the whole input (not per chunk), so the chunks share one scale.
+        # Normalise each waveform by its whole length (not per chunk), so its chunks share one scale.
         wave = mixture.detach().float()
-        mean, std = wave.mean(), wave.std().clamp_min(1e-8)
+        mean = wave.mean(dim=-1, keepdim=True)
+        std = wave.std(dim=-1, keepdim=True).clamp_min(1e-8)
         vocals = super().forward((wave - mean) / std, progress=progress)
         return vocals * std + mean
 

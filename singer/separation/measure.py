@@ -12,9 +12,13 @@ registered ``si_sdr`` metric. Every separator sees the same clips (a paired comp
 improvement over the mixture is per clip. The seed's speakers are new to ``mask_net`` (trained
 on a stream of its own) and to any model trained on another seed.
 
+Each SynthSing speaker sings one clip and talks in another, so clips of one speaker are not
+independent: the interval resamples speakers (each speaker's clips averaged first), and the
+table gives both counts.
+
 Writes ``OUT/separation.json`` (every clip's values and the summary) and ``OUT/separation.md``
-(the table: mean and 95 % bootstrap CI over clips, the number of clips, and the speed as
-seconds of audio per second of compute).
+(the table: mean and 95 % bootstrap CI over speakers, the numbers of clips and speakers, and the
+speed as seconds of audio per second of compute).
 """
 
 from __future__ import annotations
@@ -51,8 +55,8 @@ def _dataset(
     return folder
 
 
-def _clips(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(clip_id, mixture S, vocals S)`` of a SynthSing set with accompaniment."""
+def _clips(folder: Path) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """``(clip_id, speaker_id, mixture S, vocals S)`` of a SynthSing set with accompaniment."""
     from scipy.io import wavfile
 
     from singer.data.media import read_audio
@@ -64,7 +68,9 @@ def _clips(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
             folder / record["file"], record["sample_rate"], num_samples=record["num_samples"]
         )
         _, vocals = wavfile.read(folder / record["vocals"])
-        out.append((record["clip_id"], mixture, np.asarray(vocals, dtype=np.float32)))
+        out.append(
+            (record["clip_id"], record["speaker_id"], mixture, np.asarray(vocals, dtype=np.float32))
+        )
     return out
 
 
@@ -100,7 +106,7 @@ def measure(
         for name, args in separators.items():
             metric = METRICS.build("si_sdr")
             elapsed, audio_seconds = 0.0, 0.0
-            for _, mixture, vocals in data:
+            for _, _, mixture, vocals in data:
                 start = time.perf_counter()
                 estimate = separate(mixture, name, args, sample_rate=16000)
                 elapsed += time.perf_counter() - start
@@ -111,13 +117,20 @@ def measure(
                     torch.from_numpy(mixture)[None],
                 )
             values = metric.per_clip()
+            speakers = [speaker for _, speaker, _, _ in data]
             per_clip[f"{vmr:+g}dB/{name}"] = {
-                "clips": [clip_id for clip_id, _, _ in data],
+                "clips": [clip_id for clip_id, _, _, _ in data],
+                "speakers": speakers,
                 **values,
             }
-            row = {"vmr_db": vmr, "separator": name, "clips": len(data)}
+            row = {
+                "vmr_db": vmr,
+                "separator": name,
+                "clips": len(data),
+                "speakers": len(set(speakers)),
+            }
             for key in values:
-                est, lo, hi = bootstrap_ci(values[key], n=bootstrap)
+                est, lo, hi = bootstrap_ci(_per_speaker(values[key], speakers), n=bootstrap)
                 short = key.split("/")[-1]
                 row.update({short: est, f"{short}_ci": [lo, hi]})
             row["realtime"] = audio_seconds / max(elapsed, 1e-9)
@@ -147,6 +160,15 @@ def measure(
     return result
 
 
+def _per_speaker(values: list[float], speakers: list[str]) -> list[float]:
+    """The mean of each speaker's clips (NaNs left out), one value per speaker."""
+    by: dict[str, list[float]] = {}
+    for value, speaker in zip(values, speakers, strict=True):
+        if np.isfinite(value):
+            by.setdefault(speaker, []).append(value)
+    return [float(np.mean(v)) for v in by.values()]
+
+
 def _finite(node):
     """JSON has no NaN: undefined values become null."""
     if isinstance(node, float):
@@ -159,7 +181,7 @@ def _finite(node):
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table: one row per (level, separator), mean [95 % CI] over clips."""
+    """Markdown table: one row per (level, separator), mean [95 % CI over speakers]."""
 
     def cell(row: dict, key: str, signed: bool = False) -> str:
         lo, hi = row[f"{key}_ci"]
@@ -167,13 +189,14 @@ def format_table(rows: list[dict]) -> str:
         return f"{fmt.format(row[key])} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
     lines = [
-        "| voice-to-music (dB) | separator | SI-SDR of the mixture (dB) | SI-SDR (dB) | improvement (dB) | clips | × real time |",
+        "| voice-to-music (dB) | separator | SI-SDR of the mixture (dB) | SI-SDR (dB) | improvement (dB) | clips (speakers) | × real time |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['vmr_db']:+g} | {row['separator']} | {cell(row, 'si_sdr_mixture')} | "
-            f"{cell(row, 'si_sdr')} | {cell(row, 'si_sdr_improvement', True)} | {row['clips']} | "
+            f"{cell(row, 'si_sdr')} | {cell(row, 'si_sdr_improvement', True)} | "
+            f"{row['clips']} ({row['speakers']}) | "
             f"{row['realtime']:.0f} |"
         )
     return "\n".join(lines) + "\n"
