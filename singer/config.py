@@ -315,6 +315,14 @@ def validate(cfg: DictConfig) -> DictConfig:
                 f"{group}.name: unknown {kind} '{name}'. Known {kind} names: {known}",
                 f"use one of them (python -m singer.registry {kind})",
             )
+    data = cfg.get("data")
+    separator = data.get("separator") if isinstance(data, DictConfig) else None
+    if separator is not None and separator not in registries["separator"]:
+        known = ", ".join(registries["separator"].names())
+        raise ConfigError(
+            f"data.separator: unknown separator '{separator}'. Known: {known}",
+            "use one of them (python -m singer.registry separator)",
+        )
     check_values(cfg)
     return cfg
 

@@ -7,6 +7,9 @@ the model's rate, mono); the face may be a png/jpg of any size (centre-cropped t
 Frames are written to ``<out>.part`` as each clip is generated and the file is renamed to
 ``--out`` at the end, so memory stays flat for long songs and a failed run leaves its part
 file. ``--out`` may not be an input, nor an existing folder (checked before any work).
+
+With ``--separate NAME`` the model is driven by a vocal separator's estimate of the voice, and
+the mp4 keeps the original song as its soundtrack.
 """
 
 from __future__ import annotations
@@ -42,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-ema", action="store_true", help="use the raw weights instead of the EMA weights"
     )
+    p.add_argument(
+        "--separate",
+        default="none",
+        metavar="NAME",
+        help="vocal separator for the conditioning audio (python -m singer.registry separator); "
+        "the mp4 keeps the original soundtrack",
+    )
+    p.add_argument(
+        "--separator-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the separator, e.g. checkpoint=/weights/hdemucs_high.pt (repeatable)",
+    )
     return p
 
 
@@ -59,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     # Everything that can be checked before the model loads is, so a mistake costs nothing
     # and the inputs are never touched.
     check_sampling(args.steps, args.guidance, args.seed)
+    separator_args = None
+    if args.separate != "none" or args.separator_arg:
+        from singer.separation import check_separator
+
+        try:  # an unknown name, a bad option or a missing weight file, before any work
+            separator_args = check_separator(args.separate, args.separator_arg)
+        except (KeyError, ValueError, OSError) as err:
+            raise UserError(
+                f"--separate {args.separate}: {err}",
+                "see python -m singer.registry separator and the README (singing over music)",
+            ) from err
     checkpoint = resolve_checkpoint(args.checkpoint)
     out = check_output(
         args.out,
@@ -80,8 +108,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     if len(audio) == 0:
         raise UserError(f"{args.audio} has no audio samples", "give a file with sound")
+    condition = audio
+    if separator_args is not None:  # the model hears the voice; the mp4 keeps the whole song
+        from singer.separation import separate
+
+        condition = separate(
+            audio, args.separate, separator_args, sample_rate=loaded.sample_rate, progress=True
+        )
     frames = write_video(
-        loaded, face, audio, out, steps=args.steps, guidance_scale=args.guidance, seed=args.seed
+        loaded,
+        face,
+        condition,
+        out,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        soundtrack=audio,
     )
     print(
         f"wrote {out}: {frames} frames at {loaded.fps:g} fps ({frames / loaded.fps:.2f} s), "

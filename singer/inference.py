@@ -261,9 +261,13 @@ def write_video(
     guidance_scale: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    soundtrack: np.ndarray | None = None,
 ) -> int:
     """Generate the video for ``audio`` straight into the mp4 ``out`` (with the audio as its
     sound track, trimmed or padded to the frames); returns the number of frames.
+
+    ``soundtrack`` (same rate, e.g. the song a vocal separator took ``audio`` from) replaces
+    ``audio`` as the mp4's sound; the model is still driven by ``audio``.
 
     Each clip is encoded as soon as it is sampled. The file is ``<out>.part`` until the end;
     if generation fails, the part file keeps every clip encoded so far and ``out`` is untouched.
@@ -272,7 +276,8 @@ def write_video(
 
     check_sampling(steps, guidance_scale, seed)
     total = planned_frames(loaded, len(audio))
-    wave = fit_length(audio, round(total / loaded.fps * loaded.sample_rate))
+    sound = audio if soundtrack is None else soundtrack
+    wave = fit_length(sound, round(total / loaded.fps * loaded.sample_rate))
     with Mp4Writer(out, loaded.fps, sample_rate=loaded.sample_rate) as writer:
         for frames in generate_clips(
             loaded,

@@ -1,7 +1,7 @@
 """Name → component registries (timm-style).
 
 Every swappable part of the harness (audio front-ends, video backbones, model specs,
-codecs, metrics) is registered under a short name. Config and sweep files refer to
+codecs, metrics, vocal separators) is registered under a short name. Config and sweep files refer to
 components only by these names; nothing in a user file is ever imported by path.
 
     from singer.registry import FRONTENDS
@@ -34,6 +34,7 @@ PLUGIN_MODULES = (
     "singer.codecs",
     "singer.models",
     "singer.metrics",
+    "singer.separation",
     "baselines",
 )
 
@@ -131,14 +132,16 @@ def load_plugins() -> None:
                 raise
 
 
-def import_submodules(package: str, path) -> None:
+def import_submodules(package: str, path, skip: tuple[str, ...] = ()) -> None:
     """Import every module and sub-package of a plugin package (its ``__path__``), so that a
     new component is one new file (or folder) with a register call, and no list to edit.
-    ``conf`` (a package's Hydra configs) holds no components."""
+    ``conf`` (a package's Hydra configs) holds no components; ``skip`` names modules that are
+    command-line entry points (``python -m package.module``), which must not be imported before
+    they run."""
     import pkgutil
 
     for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
-        if not info.name.startswith("_") and info.name != "conf":
+        if not info.name.startswith("_") and info.name not in ("conf", *skip):
             importlib.import_module(f"{package}.{info.name}")
 
 
@@ -152,6 +155,9 @@ BACKBONES: Registry = Registry("backbone", "video denoisers: x_t B×C×F×H×W �
 CODECS: Registry = Registry("codec", "pixel ↔ latent codecs in front of the backbone")
 MODELS: Registry = Registry("model", "ModelSpecs: SINGER and baselines (build, loss, sample)")
 METRICS: Registry = Registry("metric", "evaluation metrics with update()/compute()")
+SEPARATORS: Registry = Registry(
+    "separator", "vocal separators: mixture waveform B×S → vocal estimate B×S (mono 16 kHz)"
+)
 
 
 def format_listing(registries: dict[str, Registry] | None = None) -> str:
@@ -178,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         description="List every registered component, grouped by kind.",
     )
     parser.add_argument(
-        "kind", nargs="?", help="only this kind (frontend, backbone, codec, model, metric)"
+        "kind",
+        nargs="?",
+        help="only this kind (frontend, backbone, codec, model, metric, separator)",
     )
     args = parser.parse_args(argv)
     regs = all_registries()

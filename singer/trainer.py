@@ -34,6 +34,7 @@ from singer import distributed, tracking
 from singer.cli import UserError
 from singer.config import flatten, loggable_container, to_container
 from singer.models.spec import Conditions, ModelSpec, count_parameters, get_model_spec
+from singer.separation.base import cache_separator
 
 CHECKPOINT_NAME = "last.pt"
 LOSS_WINDOW = 10  # diffusion losses are noisy per batch (random t): compare window means
@@ -271,7 +272,7 @@ def _resize_batch(batch: dict, size: int) -> dict:
 def data_cache(cfg: DictConfig, *, workers: int = 1, progress: bool = True) -> Path:
     """The prepared clip cache of a config: ``data.cache_dir``, or SynthSing generated and
     prepared on first use (``workers`` processes generate it)."""
-    from singer.data.cache import ensure_synthsing
+    from singer.data.cache import ensure_synthsing, separation_options
 
     data = cfg.data
     if data.get("cache_dir"):
@@ -289,6 +290,7 @@ def data_cache(cfg: DictConfig, *, workers: int = 1, progress: bool = True) -> P
         clip_size=cfg.trainer.size,
         workers=workers,
         progress=progress,
+        **separation_options(data),
     )
 
 
@@ -736,6 +738,8 @@ class Trainer:
         with distributed.main_first(env):  # rank 0 generates / prepares a missing cache first
             train_set, val_set, cache = build_datasets(self.cfg)
         run = self._open_run() if main else _NoRun()
+        # Which vocal separator the clips' audio went through (read from the cache itself).
+        run.set_tags({"data.separator": cache_separator(cache)})
         if resume_from is None:
             self.save_checkpoint()  # records the MLflow run id, so a kill before the first save still resumes it
         stream = BatchStream(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -21,13 +24,42 @@ def _file_lock(path: Path):
 
 
 def synthsing_dir(
-    root: str | Path, *, clips: int, seconds: float, kind: str, seed: int, size: int
+    root: str | Path,
+    *,
+    clips: int,
+    seconds: float,
+    kind: str,
+    seed: int,
+    size: int,
+    accompaniment: bool = False,
+    vmr_db: float = 0.0,
+    music_style: str = "mixed",
 ) -> Path:
     from singer.data.synth import SYNTH_VERSION
 
     # The generator version is part of the name: a cache of an older SynthSing is never reused.
     name = f"{kind}-n{clips}-seed{seed}-{size}px-{seconds:g}s-v{SYNTH_VERSION}"
+    if accompaniment:
+        name += f"-music-{music_style}-vmr{float(vmr_db):+g}dB"
     return Path(root) / "synthsing" / name
+
+
+def separation_options(data) -> dict[str, Any]:
+    """The accompaniment and separator keys of a ``data`` config section, as keyword arguments
+    of :func:`ensure_synthsing` (a config without them gets plain SynthSing, unseparated)."""
+    synth = data.get("synth") or {}
+    args = data.get("separator_args") or {}
+    if not isinstance(args, Mapping):  # an OmegaConf DictConfig
+        from omegaconf import OmegaConf
+
+        args = OmegaConf.to_container(args, resolve=True)
+    return {
+        "accompaniment": bool(synth.get("accompaniment", False)),
+        "vmr_db": float(synth.get("vmr_db", 0.0)),
+        "music_style": str(synth.get("music_style", "mixed")),
+        "separator": str(data.get("separator") or "none"),
+        "separator_args": dict(args),
+    }
 
 
 def ensure_synthsing(
@@ -43,16 +75,41 @@ def ensure_synthsing(
     clip_size: int = 64,
     workers: int = 1,
     progress: bool = True,
+    accompaniment: bool = False,
+    vmr_db: float = 0.0,
+    music_style: str = "mixed",
+    separator: str = "none",
+    separator_args: Mapping[str, Any] | None = None,
 ) -> Path:
     """Generate SynthSing into ``root`` and prepare it at ``clip_size`` px; return the cache dir.
 
     Both steps are skipped when their output is complete, so this is cheap after the first call.
+    ``accompaniment``/``vmr_db``/``music_style`` put a music bed under the voices (see
+    :func:`singer.data.synth.generate_dataset`); ``separator`` (with ``separator_args``) runs
+    on the soundtracks when they are prepared. Both are part of the folder names, so datasets
+    and caches of different settings never mix.
     """
     from singer.data.prepare import prepare_folder
     from singer.data.synth import generate_dataset
 
-    base = synthsing_dir(root, clips=clips, seconds=seconds, kind=kind, seed=seed, size=size)
+    base = synthsing_dir(
+        root,
+        clips=clips,
+        seconds=seconds,
+        kind=kind,
+        seed=seed,
+        size=size,
+        accompaniment=accompaniment,
+        vmr_db=vmr_db,
+        music_style=music_style,
+    )
     raw, cache = base / "raw", base / f"cache-{clip_size}px-{fps:g}fps-{sample_rate}hz"
+    separator_args = dict(separator_args or {})
+    if separator != "none":
+        cache = cache.with_name(f"{cache.name}-sep-{separator}")
+        if separator_args:
+            text = json.dumps(separator_args, sort_keys=True, default=str)
+            cache = cache.with_name(f"{cache.name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}")
     with _file_lock(base.parent / f".{base.name}.lock"):
         done = raw / ".complete"
         if not done.exists():
@@ -67,6 +124,9 @@ def ensure_synthsing(
                 sample_rate=sample_rate,
                 workers=workers,
                 progress=progress,
+                accompaniment=accompaniment,
+                vmr_db=vmr_db,
+                music_style=music_style,
             )
             done.write_text(json.dumps({"clips": clips}))
         prepared = cache / ".complete"
@@ -80,6 +140,8 @@ def ensure_synthsing(
                 clip_seconds=seconds,
                 detect_faces=False,
                 progress=progress,
+                separator=separator,
+                separator_args=separator_args,
             )
             prepared.write_text(json.dumps(report.get("counts", {})))
     return cache

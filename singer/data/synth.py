@@ -12,6 +12,15 @@ Output::
     DIR/meta.jsonl            one JSON record per clip, in clip order
     DIR/synth.json            the generation arguments
 
+With ``--accompaniment [--vmr-db 0 --music-style mixed]`` each soundtrack is the voice over a
+synthetic music bed (chords, bass and drums, in the singer's key, at a tempo and bar phase of its
+own), mixed at the given voice-to-music power ratio, and the clean voice is kept as ground truth::
+
+    DIR/vocals/<clip_id>.wav  the voice alone, float32, scaled as it is in the mixture
+
+The face, the truth and the voice are the same as without accompaniment (the music draws from a
+random stream of its own): the face laws follow the voice alone.
+
 Per-frame truth (``record["truth"][name]``, one float per video frame; frame ``k`` is sampled at
 its centre time ``(k + 0.5) / fps``):
 
@@ -737,6 +746,273 @@ def _render_chunk(cue: dict[str, np.ndarray], identity: dict, size: int) -> np.n
 
 
 # =============================================================================================
+# Accompaniment: a synthetic music bed under the voice (``--accompaniment``)
+# =============================================================================================
+
+MUSIC_STYLES = ("pop", "ballad", "dance")
+MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11)
+# Chord progressions as major-scale degrees (0 = I), one chord per 4-beat bar.
+PROGRESSIONS = ((0, 4, 5, 3), (5, 3, 0, 4), (0, 5, 3, 4), (0, 3, 4, 3))
+BEATS_PER_BAR = 4
+
+
+@dataclass(frozen=True)
+class MusicStyle:
+    """How one style of music bed is played. Times within a bar are in beats (0 ≤ b < 4)."""
+
+    tempo: tuple[float, float]  # beats per minute, drawn per clip from this range
+    chord_hits: tuple[float, ...]  # chord onsets; each chord lasts ``chord_beats``
+    chord_beats: float
+    chord_attack: float  # s
+    bass_hits: tuple[float, ...]
+    bass_beats: float
+    kick: tuple[float, ...]
+    snare: tuple[float, ...]
+    hat: tuple[float, ...]
+    mix: tuple[float, float, float]  # RMS weights of chords, bass, drums in the bed
+
+
+STYLES = {
+    # Held chords re-struck every bar, root-fifth bass, backbeat snare and eighth-note hats.
+    "pop": MusicStyle(
+        tempo=(90.0, 118.0),
+        chord_hits=(0.0,),
+        chord_beats=4.0,
+        chord_attack=0.03,
+        bass_hits=(0.0, 2.0, 2.5),
+        bass_beats=0.9,
+        kick=(0.0, 2.0),
+        snare=(1.0, 3.0),
+        hat=tuple(0.5 * k for k in range(8)),
+        mix=(1.0, 0.8, 0.9),
+    ),
+    # Slow swelling pads, one long bass note per bar, a soft kick and snare.
+    "ballad": MusicStyle(
+        tempo=(60.0, 76.0),
+        chord_hits=(0.0,),
+        chord_beats=4.0,
+        chord_attack=0.25,
+        bass_hits=(0.0,),
+        bass_beats=4.0,
+        kick=(0.0,),
+        snare=(2.0,),
+        hat=(),
+        mix=(1.0, 0.7, 0.4),
+    ),
+    # Four-on-the-floor kick, off-beat chord stabs, bass and hats.
+    "dance": MusicStyle(
+        tempo=(118.0, 128.0),
+        chord_hits=(0.5, 1.5, 2.5, 3.5),
+        chord_beats=0.3,
+        chord_attack=0.005,
+        bass_hits=(0.5, 1.5, 2.5, 3.5),
+        bass_beats=0.4,
+        kick=(0.0, 1.0, 2.0, 3.0),
+        snare=(1.0, 3.0),
+        hat=(0.5, 1.5, 2.5, 3.5),
+        mix=(0.8, 1.0, 1.1),
+    ),
+}
+
+
+def estimate_key(pitch: np.ndarray, loudness: np.ndarray) -> float:
+    """Tonic in Hz of the major key that holds most voiced frames (``loudness`` above the
+    mouth's floor), read from the per-frame truth, so the music is in the singer's key.
+
+    The singer's tuning need not be A = 440 Hz: the tuning offset is the circular mean of the
+    frames' pitch in cents modulo a semitone (vibrato averages out), and the pitch classes are
+    counted on that grid against the seven major-scale templates.
+    """
+    pitch = np.asarray(pitch, dtype=np.float64)
+    voiced = np.asarray(loudness) > LEVEL_FLOOR_DB
+    cents = 1200.0 * np.log2((pitch[voiced] if voiced.any() else pitch) / 440.0)
+    angle = np.angle(np.mean(np.exp(2j * np.pi * cents / 100.0)))
+    offset = 100.0 * angle / (2 * np.pi)
+    classes = np.round((cents - offset) / 100.0).astype(np.int64) % 12
+    counts = np.bincount(classes, minlength=12)
+    scores = [sum(int(counts[(root + step) % 12]) for step in MAJOR_STEPS) for root in range(12)]
+    root = int(np.argmax(scores))
+    return 440.0 * 2.0 ** ((100.0 * root + offset) / 1200.0)
+
+
+def _into_octave(freq: float, low: float) -> float:
+    """``freq`` moved by whole octaves into [low, 2·low)."""
+    return float(low * 2.0 ** (math.log2(freq / low) % 1.0))
+
+
+def _envelope(n: int, sr: int, attack: float, decay: float, release: float) -> np.ndarray:
+    """Attack ramp, exponential decay (time constant ``decay`` s), release ramp at the end."""
+    t = np.arange(n) / sr
+    env = _smoothstep(t / max(attack, 1.0 / sr)) * np.exp(-t / decay)
+    return env * _smoothstep((n / sr - t) / max(release, 1.0 / sr))
+
+
+def _harmonic_tone(freq: float, n: int, sr: int, tilt: float, phases: np.ndarray) -> np.ndarray:
+    """Sum of harmonics ``k`` of ``freq`` with amplitude ``k^-tilt`` below 0.45·sr."""
+    t = np.arange(n) / sr
+    out = np.zeros(n)
+    for k in range(1, int(0.45 * sr / freq) + 1):
+        out += k**-tilt * np.sin(2 * np.pi * k * freq * t + phases[k % len(phases)])
+    return out
+
+
+def _add(track: np.ndarray, start: int, sound: np.ndarray) -> None:
+    """``track[start:start+len(sound)] += sound``, clipped to the track (start may be < 0)."""
+    lo, hi = max(start, 0), min(len(track), start + len(sound))
+    if hi > lo:
+        track[lo:hi] += sound[lo - start : hi - start]
+
+
+def _drum(rng: np.random.Generator, kind: str, sr: int) -> np.ndarray:
+    if kind == "kick":  # a sine sweeping down from ~150 Hz
+        n = int(0.35 * sr)
+        t = np.arange(n) / sr
+        freq = 50.0 + 100.0 * np.exp(-t / 0.03)
+        return np.sin(2 * np.pi * np.cumsum(freq) / sr) * np.exp(-t / 0.15)
+    if kind == "snare":  # band-passed noise plus a short body tone
+        n = int(0.25 * sr)
+        t = np.arange(n) / sr
+        sos = butter(2, [1500.0, min(5000.0, 0.45 * sr)], btype="bandpass", fs=sr, output="sos")
+        noise = sosfilt(sos, rng.standard_normal(n))
+        noise /= np.std(noise) + 1e-9
+        return 0.6 * noise * np.exp(-t / 0.08) + np.sin(2 * np.pi * 190.0 * t) * np.exp(-t / 0.04)
+    n = int(0.08 * sr)  # closed hi-hat: high-passed noise
+    t = np.arange(n) / sr
+    sos = butter(2, min(5000.0, 0.4 * sr), btype="highpass", fs=sr, output="sos")
+    noise = sosfilt(sos, rng.standard_normal(n))
+    return 0.5 * noise / (np.std(noise) + 1e-9) * np.exp(-t / 0.02)
+
+
+def synth_music(
+    rng: np.random.Generator,
+    *,
+    num_samples: int,
+    sample_rate: int,
+    style: str,
+    root_hz: float,
+) -> tuple[np.ndarray, dict]:
+    """A music bed ``S`` (float64, unit RMS): chords, bass and drums in the major key of
+    ``root_hz``, at a tempo drawn from ``style``; returns it with a description of what was played.
+
+    The bed starts at a random point of its first bar (the song is already playing) and has no
+    relation to the voice's timing, so neither its beats nor its level carry the face's motion.
+    """
+    if style not in STYLES:
+        raise ValueError(f"music style must be one of {MUSIC_STYLES}, got {style!r}")
+    st, sr = STYLES[style], sample_rate
+    tempo = float(rng.uniform(*st.tempo))
+    beat = 60.0 / tempo
+    progression = PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))]
+    offset = float(rng.uniform(0.0, BEATS_PER_BAR * beat))  # time into the song at sample 0
+    tonic = _into_octave(root_hz, 130.81)  # chords voiced from C3 upwards
+    bars = int(math.ceil((num_samples / sr + offset) / (BEATS_PER_BAR * beat))) + 1
+
+    chords, bass, drums = (np.zeros(num_samples) for _ in range(3))
+    phases = rng.uniform(0.0, 2 * np.pi, 16)
+    for bar in range(bars):
+        degree = progression[bar % len(progression)]
+        bar_start = bar * BEATS_PER_BAR * beat - offset
+        steps = [MAJOR_STEPS[(degree + i) % 7] + 12 * ((degree + i) // 7) for i in (0, 2, 4)]
+        for hit in st.chord_hits:
+            n = int(st.chord_beats * beat * sr)
+            env = _envelope(n, sr, st.chord_attack, 4.0 * st.chord_beats * beat, 0.05)
+            velocity = float(rng.uniform(0.8, 1.0))
+            for semis in steps:
+                freq = tonic * 2.0 ** (semis / 12.0)
+                # Two voices detuned by ±6 cents: a chorused, saw-like pad.
+                for cents in (-6.0, 6.0):
+                    tone = _harmonic_tone(freq * 2.0 ** (cents / 1200.0), n, sr, 1.6, phases)
+                    _add(chords, int(round((bar_start + hit * beat) * sr)), velocity * env * tone)
+        bass_freq = _into_octave(tonic * 2.0 ** (steps[0] / 12.0), 55.0)
+        for hit in st.bass_hits:
+            n = int(st.bass_beats * beat * sr)
+            t = np.arange(n) / sr
+            tone = sum(
+                a * np.sin(2 * np.pi * k * bass_freq * t)
+                for k, a in ((1, 1.0), (2, 0.5), (3, 0.25))
+            )
+            env = _envelope(n, sr, 0.005, 0.5, 0.03) * float(rng.uniform(0.85, 1.0))
+            _add(bass, int(round((bar_start + hit * beat) * sr)), env * tone)
+        for kind, hits in (("kick", st.kick), ("snare", st.snare), ("hat", st.hat)):
+            for hit in hits:
+                sound = _drum(rng, kind, sr) * float(rng.uniform(0.75, 1.0))
+                _add(drums, int(round((bar_start + hit * beat) * sr)), sound)
+
+    bed = np.zeros(num_samples)
+    for part, weight in zip((chords, bass, drums), st.mix, strict=True):
+        rms = np.sqrt(np.mean(part**2))
+        if rms > 0:
+            bed += weight * part / rms
+    bed /= np.sqrt(np.mean(bed**2)) + 1e-12
+    info = {
+        "style": style,
+        "tempo_bpm": round(tempo, 3),
+        "root_hz": round(tonic, 3),
+        "progression": list(progression),
+    }
+    return bed, info
+
+
+def mix_accompaniment(
+    vocal: np.ndarray, music: np.ndarray, vmr_db: float, *, peak: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(mixture, vocal part, music gain)``, each ``S`` float32.
+
+    The music is scaled so that the voice-to-music ratio (mean power of the voice over the
+    clip / mean power of the music, in dB) is ``vmr_db``; the sum is then scaled to ``peak``,
+    and the vocal part by the same factor, so ``mixture == vocal part + gain · music`` up to
+    float32 rounding. With uncorrelated parts, the mixture's SI-SDR against the vocal part is
+    about ``vmr_db``.
+    """
+    vocal = np.asarray(vocal, dtype=np.float64)
+    music = np.asarray(music, dtype=np.float64)
+    gain = np.sqrt(np.mean(vocal**2) / (np.mean(music**2) + 1e-12)) * 10.0 ** (-vmr_db / 20.0)
+    mixture = vocal + gain * music
+    scale = peak / (np.abs(mixture).max() + 1e-9)
+    return (
+        (scale * mixture).astype(np.float32),
+        (scale * vocal).astype(np.float32),
+        float(scale * gain),
+    )
+
+
+def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
+    """Float32 WAV, written whole and then renamed into place (same bytes for the same wave)."""
+    from scipy.io import wavfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    wavfile.write(tmp, int(sample_rate), np.asarray(wave, dtype=np.float32))
+    tmp.replace(path)
+
+
+def add_accompaniment(
+    rng: np.random.Generator, wave: np.ndarray, record: dict, *, vmr_db: float, style: str
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Put a music bed under the clip's voice ``wave`` (``S``): ``(mixture, vocal, info)``.
+
+    ``style`` is one of ``MUSIC_STYLES`` or ``mixed`` (drawn per clip). Singing is accompanied
+    in its own key (read from the truth); talking gets a random key.
+    """
+    if style == "mixed":
+        style = MUSIC_STYLES[int(rng.integers(len(MUSIC_STYLES)))]
+    truth = record["truth"]
+    if record["kind"] == "singing":
+        root = estimate_key(np.asarray(truth["pitch"]), np.asarray(truth["loudness"]))
+    else:
+        root = 110.0 * 2.0 ** (int(rng.integers(12)) / 12.0)
+    music, info = synth_music(
+        rng,
+        num_samples=len(wave),
+        sample_rate=int(record["sample_rate"]),
+        style=style,
+        root_hz=root,
+    )
+    mixture, vocal, gain = mix_accompaniment(wave, music, vmr_db)
+    return mixture, vocal, {**info, "vmr_db": float(vmr_db), "music_gain": round(gain, 6)}
+
+
+# =============================================================================================
 # Clips and datasets
 # =============================================================================================
 
@@ -847,8 +1123,20 @@ def _make_clip(task: dict) -> dict:
     )
     clip_id = f"clip{index:05d}"
     rel = f"clips/{clip_id}.mp4"
+    extra = {}
+    if task.get("accompaniment"):
+        # The music has a random stream of its own, so the voice, the face and the truth are
+        # the same bytes as without accompaniment.
+        music_rng = np.random.default_rng(
+            np.random.SeedSequence(entropy=seed, spawn_key=(2, index))
+        )
+        wave, vocal, info = add_accompaniment(
+            music_rng, wave, record, vmr_db=task["vmr_db"], style=task["music_style"]
+        )
+        extra = {"accompaniment": info, "vocals": f"vocals/{clip_id}.wav"}
+        _write_wav(Path(task["out"]) / extra["vocals"], vocal, task["sample_rate"])
     write_mp4(Path(task["out"]) / rel, frames, task["fps"], wave, task["sample_rate"])
-    return {"clip_id": clip_id, "file": rel, "index": index, "seed": seed, **record}
+    return {"clip_id": clip_id, "file": rel, "index": index, "seed": seed, **record, **extra}
 
 
 def generate_dataset(
@@ -862,17 +1150,30 @@ def generate_dataset(
     sample_rate: int = 16000,
     workers: int = 1,
     progress: bool = True,
+    accompaniment: bool = False,
+    vmr_db: float = 0.0,
+    music_style: str = "mixed",
 ) -> list[dict]:
     """Write ``clips`` clips, ``meta.jsonl`` and ``synth.json`` under ``out``; return the records.
 
     Clip ``i`` draws from its own random stream keyed by ``(seed, i)`` and speaker ``i // 2``
     from one keyed by ``(seed, i // 2)``, so the output is byte-identical for any ``workers``.
+
+    ``accompaniment``: each clip's soundtrack is its voice over a music bed (chords, bass,
+    drums; ``music_style`` in ``MUSIC_STYLES`` or ``mixed``) at a voice-to-music ratio of
+    ``vmr_db`` dB, drawn from a third stream keyed by ``(seed, i)``. The clean voice, scaled as
+    in the mixture, is written to ``vocals/<clip_id>.wav`` (float32) and named in the record's
+    ``vocals``; ``accompaniment`` describes the bed. The face and the truth are unchanged.
     """
     from tqdm.auto import tqdm
 
     if clips < 1:
         raise ValueError(f"clips must be at least 1, got {clips}")
     clip_kind(0, kind)  # validates kind
+    if accompaniment and music_style not in (*MUSIC_STYLES, "mixed"):
+        raise ValueError(
+            f"music_style must be one of {(*MUSIC_STYLES, 'mixed')}, got {music_style!r}"
+        )
     if size % 2 or not 32 <= size <= 128:
         raise ValueError(f"size must be an even number of pixels in [32, 128], got {size}")
     out = Path(out)
@@ -887,6 +1188,8 @@ def generate_dataset(
         "sample_rate": sample_rate,
         "version": SYNTH_VERSION,
     }
+    if accompaniment:  # only then, so that synth.json of plain SynthSing keeps its bytes
+        args.update(accompaniment=True, vmr_db=float(vmr_db), music_style=music_style)
     tasks = [{**args, "index": i, "out": str(out)} for i in range(clips)]
     bar = tqdm(total=clips, desc="SynthSing", unit="clip", disable=not progress)
     records = []
@@ -944,6 +1247,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fps", type=float, default=25)
     parser.add_argument("--sr", type=int, default=16000, help="audio sample rate")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--accompaniment",
+        action="store_true",
+        help="put a synthetic music bed (chords, bass, drums) under the voice; the clean voice "
+        "goes to vocals/<clip_id>.wav",
+    )
+    parser.add_argument(
+        "--vmr-db",
+        type=float,
+        default=0.0,
+        help="voice-to-music power ratio in dB (with --accompaniment; lower = louder music)",
+    )
+    parser.add_argument(
+        "--music-style",
+        choices=(*MUSIC_STYLES, "mixed"),
+        default="mixed",
+        help="style of the music bed (mixed: drawn per clip)",
+    )
     args = parser.parse_args(argv)
     check_arguments(args)
     fps = int(args.fps) if float(args.fps).is_integer() else args.fps
@@ -957,6 +1278,9 @@ def main(argv: list[str] | None = None) -> None:
         fps=fps,
         sample_rate=args.sr,
         workers=args.workers,
+        accompaniment=args.accompaniment,
+        vmr_db=args.vmr_db,
+        music_style=args.music_style,
     )
     print(f"wrote {len(records)} clips to {args.out}")
 

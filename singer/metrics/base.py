@@ -21,6 +21,8 @@ class EvalBatch:
     clip_ids:    B identifiers of the clips the items (windows) come from.
     starts:      B first frame of each item within its clip (orders a clip's windows).
     causes:      B×F×C SynthSing audio causes in ``singer.data.dataset.CAUSES`` order (or None).
+    vocals:      B×S clean voice of ``audio`` when it is known (SynthSing with accompaniment), else None.
+    mixture:     B×S soundtrack before vocal separation (``audio`` is then the separator's output), or None.
     """
 
     generated: torch.Tensor
@@ -33,6 +35,8 @@ class EvalBatch:
     clip_ids: list[str] | None = None
     starts: list[int] | None = None
     causes: torch.Tensor | None = None
+    vocals: torch.Tensor | None = None
+    mixture: torch.Tensor | None = None
 
 
 class Metric:
