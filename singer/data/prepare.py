@@ -69,6 +69,7 @@ from singer.data.media import (
     MediaError,
     as_numpy,
     container_kind,
+    fit_length,
     frame_timestamps,
     open_video,
     probe,
