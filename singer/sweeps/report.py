@@ -187,7 +187,7 @@ def plot_against_params(
         reference_text = f"{reference} = {ref.value.format(2)}" if ref is not None else reference
         ax.set_title(f"{metric} − {reference}\n({reference_text})", fontsize=8)
         ax.set_xlabel(x.rsplit(".", 1)[-1])
-        if groups:
+        if groups and hue:
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
