@@ -4,7 +4,7 @@ Pipeline: base features ``B×T×C`` (the ``mel`` or ``raw`` extractor) → L-lev
 time → each sub-band × a gain predicted from the noisy sample ``x_t`` and the timestep ``t``
 → IDWT → per-frame windows → tokens ``B×F×N×D``.
 
-Differences from the official code (see DESIGN.md):
+Differences from the official code (the method and its fixes: docs/architecture.md):
 
 * L levels (1..4) and any discrete wavelet (haar, db2, sym4, ...), not one Haar level;
 * the gains come from ``x_t`` *and* ``t``; no frozen random tensor, no file writes, every

@@ -297,9 +297,6 @@ class BandSensitivity:
 
 
 # -- plot -----------------------------------------------------------------------------------
-MOTION_TARGETS = ("pixel_l1", "cue/")  # the bands × cues matrix; every other target is a metric
-
-
 def is_motion_target(target: str) -> bool:
     """``pixel_l1`` and the ``cue/<name>`` columns (the rest are metric keys)."""
     return target == "pixel_l1" or target.startswith("cue/")

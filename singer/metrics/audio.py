@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from singer.data import audio_stats as A
-from singer.metrics.base import EvalBatch, Metric
+from singer.metrics.base import EvalBatch, Metric, nanmean
 from singer.registry import METRICS
 
 EXTRA_STATS = ("f0_range_st", "rms_db")
@@ -39,12 +39,6 @@ def extra_audio_stats(wave: np.ndarray, sr: int) -> dict[str, float]:
             lo, hi = np.percentile(f0, [5, 95])
             out["f0_range_st"] = float(12.0 * np.log2(hi / lo))
     return {k: float(v) for k, v in out.items()}
-
-
-def _nanmean(values) -> float:
-    data = np.asarray(values, dtype=np.float64)
-    data = data[np.isfinite(data)]
-    return float(data.mean()) if data.size else float("nan")
 
 
 @METRICS.register("audio_stats")
@@ -76,7 +70,7 @@ class AudioStats(Metric):
                 self.values[f"audio/{stat}"].append(float(row[stat]))
 
     def compute(self) -> dict[str, float]:
-        return {key: _nanmean(values) for key, values in self.values.items()}
+        return {key: nanmean(values) for key, values in self.values.items()}
 
     def per_clip(self) -> dict[str, list[float]]:
         return {key: list(values) for key, values in self.values.items()}

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+
+def nanmean(values) -> float:
+    """Mean of the finite values (NaN when there are none, without a warning)."""
+    data = np.asarray(values, dtype=np.float64)
+    data = data[np.isfinite(data)]
+    return float(data.mean()) if data.size else float("nan")
 
 
 @dataclass

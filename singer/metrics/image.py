@@ -22,10 +22,9 @@ a batch without a reference get NaN and are left out of the mean.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from singer.metrics.base import EvalBatch, Metric
+from singer.metrics.base import EvalBatch, Metric, nanmean
 from singer.registry import METRICS
 
 
@@ -35,12 +34,6 @@ def _frames01(video: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"video must be B×3×F×H×W, got shape {tuple(video.shape)}")
     frames = video.detach().float().permute(0, 2, 1, 3, 4).reshape(-1, 3, *video.shape[-2:])
     return ((frames + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
-def _nanmean(values) -> float:
-    data = np.asarray(values, dtype=np.float64)
-    data = data[np.isfinite(data)]
-    return float(data.mean()) if data.size else float("nan")
 
 
 class _FrameMetric(Metric):
@@ -71,7 +64,7 @@ class _FrameMetric(Metric):
         self.values.extend(float(v) for v in per_clip)
 
     def compute(self) -> dict[str, float]:
-        return {self.name: _nanmean(self.values)}
+        return {self.name: nanmean(self.values)}
 
     def per_clip(self) -> dict[str, list[float]]:
         return {self.name: list(self.values)}

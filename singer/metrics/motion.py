@@ -42,7 +42,7 @@ import torch
 
 from singer.data import estimator as E
 from singer.data import synth as S
-from singer.metrics.base import EvalBatch, Metric
+from singer.metrics.base import EvalBatch, Metric, nanmean
 from singer.registry import METRICS
 
 SEGMENTS = ("rest", "onset", "held", "vibrato")
@@ -59,13 +59,6 @@ def video_to_uint8(video: torch.Tensor) -> np.ndarray:
     video = video[..., top : top + side, left : left + side]
     frames = ((video.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
     return frames.permute(0, 2, 3, 4, 1).cpu().numpy()
-
-
-def nanmean(values) -> float:
-    """Mean of the finite values (NaN when there are none, without a warning)."""
-    data = np.asarray(values, dtype=np.float64)
-    data = data[np.isfinite(data)]
-    return float(data.mean()) if data.size else float("nan")
 
 
 def fidelity_r(truth: np.ndarray, guess: np.ndarray) -> float:

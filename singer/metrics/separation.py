@@ -24,10 +24,9 @@ references are NaN. ``python -m singer.separation.measure`` fills the fields fro
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from singer.metrics.base import EvalBatch, Metric
+from singer.metrics.base import EvalBatch, Metric, nanmean
 from singer.registry import METRICS
 
 KEYS = (
@@ -55,12 +54,6 @@ def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -
         target.pow(2).sum(-1).clamp_min(eps) / noise.pow(2).sum(-1).clamp_min(eps)
     )
     return torch.where(energy.squeeze(-1) > eps, value, torch.full_like(value, float("nan")))
-
-
-def _nanmean(values) -> float:
-    data = np.asarray(values, dtype=np.float64)
-    data = data[np.isfinite(data)]
-    return float(data.mean()) if data.size else float("nan")
 
 
 @METRICS.register("si_sdr")
@@ -105,7 +98,7 @@ class SISDR(Metric):
         self.values[KEYS[2]].extend(s - b for s, b in zip(scores, base, strict=True))
 
     def compute(self) -> dict[str, float]:
-        return {key: _nanmean(values) for key, values in self.values.items()}
+        return {key: nanmean(values) for key, values in self.values.items()}
 
     def per_clip(self) -> dict[str, list[float]]:
         return {key: list(values) for key, values in self.values.items()}

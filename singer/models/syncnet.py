@@ -478,7 +478,6 @@ _LIP_LAYERS = [
 SYNCNET_V2_DIM = 1024
 SYNCNET_V2_SIZE = 224  # face crops are resized to 224×224
 SYNCNET_V2_MFCC_FRAMES = 20  # 0.2 s at 100 Hz
-SYNCNET_V2_MFCC_PER_FRAME = 4  # MFCC frames per video frame at 25 fps
 
 
 def _stack(layers: list[tuple], dims: int) -> nn.Sequential:

@@ -1,122 +1,22 @@
-"""Pixel ↔ latent codecs: the seam between the data and the backbone.
+"""``tiny_ae``: latents of the harness's own per-frame autoencoder, frozen.
 
-A codec maps a video ``B×3×F×H×W`` in [-1, 1] to the space the backbone denoises
-(``B×C×F×h×w`` with ``h = H / downsample``, ``w = W / downsample``) and back. Frames are
-coded one by one: the frame axis is folded into the batch (``B·F`` images) and unfolded again.
-
-* ``identity``: pixel space (the default).
-* ``sd_vae``: a pretrained diffusers ``AutoencoderKL`` (Stable Diffusion's VAE) from a local
-  folder, frozen; ``C = 4``, ``downsample = 8`` for SD1.x.
-* ``tiny_ae``: :class:`TinyAutoencoder`, a small per-frame convolutional autoencoder that the
-  harness trains itself (``python -m singer.train model=autoencoder``), loaded from that run's
-  checkpoint and frozen; ``C = 4``, ``downsample = 4`` by default.
-
-Latent codecs are frozen: their parameters never train, they stay in eval mode whatever the
-parent model does, and ``encode`` runs without autograd.
+:class:`TinyAutoencoder` is trained by ``python -m singer.train model=autoencoder``
+(``singer.models.autoencoder``); :class:`TinyAECodec` loads that run's checkpoint.
+``C = 4``, ``downsample = 4`` by default.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from singer.codecs.base import FrozenCodec, map_frames
 from singer.registry import CODECS
-from singer.weights import MissingWeightsError, resolve_weights
+from singer.weights import MissingWeightsError
 
-
-class Codec(nn.Module):
-    """Base class. ``latent_channels`` and ``downsample`` describe the latent grid."""
-
-    latent_channels: int = 3
-    downsample: int = 1
-    # Whether latents are bounded to [-1, 1] (pixels); unbounded latents must not be clipped
-    # by the sampler (singer.diffusion.diffusion_for_codec).
-    bounded: bool = False
-
-    def encode(self, video: torch.Tensor) -> torch.Tensor:  # B×3×F×H×W → B×C×F×h×w
-        raise NotImplementedError
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:  # B×C×F×h×w → B×3×F×H×W
-        raise NotImplementedError
-
-    def encode_frames(self, frames: torch.Tensor | None) -> torch.Tensor | None:
-        """Conditioning frames B×3×M×H×W (or one frame, B×3×H×W) → latents of the same layout."""
-        if frames is None:
-            return None
-        if frames.dim() == 4:
-            return self.encode(frames.unsqueeze(2)).squeeze(2)
-        return self.encode(frames)
-
-
-@CODECS.register("identity")
-class IdentityCodec(Codec):
-    """Pixel space: the backbone denoises RGB frames directly."""
-
-    bounded = True
-
-    def __init__(self, channels: int = 3):
-        super().__init__()
-        self.latent_channels = channels
-
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        return video
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents.clamp(-1.0, 1.0)
-
-
-# -- frame folding ----------------------------------------------------------------------------
-def fold_frames(video: torch.Tensor) -> torch.Tensor:
-    """``B×C×F×H×W`` → ``(B·F)×C×H×W`` (frame-major within each clip)."""
-    b, c, f, h, w = video.shape
-    return video.transpose(1, 2).reshape(b * f, c, h, w)
-
-
-def unfold_frames(frames: torch.Tensor, batch: int) -> torch.Tensor:
-    """``(B·F)×C×H×W`` → ``B×C×F×H×W``; inverse of :func:`fold_frames`."""
-    n, c, h, w = frames.shape
-    return frames.reshape(batch, n // batch, c, h, w).transpose(1, 2)
-
-
-def map_frames(
-    fn: Callable[[torch.Tensor], torch.Tensor], video: torch.Tensor, chunk: int = 0
-) -> torch.Tensor:
-    """Apply a per-image function ``N×C×H×W → N×C'×H'×W'`` to every frame of ``B×C×F×H×W``,
-    at most ``chunk`` images per call (0: all at once)."""
-    if video.dim() != 5:
-        raise ValueError(f"expected a video B×C×F×H×W, got shape {tuple(video.shape)}")
-    frames = fold_frames(video)
-    if chunk and frames.shape[0] > chunk:
-        out = torch.cat([fn(part) for part in frames.split(chunk)])
-    else:
-        out = fn(frames)
-    return unfold_frames(out, video.shape[0])
-
-
-class FrozenCodec(Codec):
-    """A codec whose network never trains: no gradients, always eval mode."""
-
-    def freeze(self) -> None:
-        self.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True):
-        return super().train(False)  # e.g. dropout/statistics stay in inference behaviour
-
-    def _check_size(self, video: torch.Tensor) -> None:
-        h, w = video.shape[-2:]
-        if h % self.downsample or w % self.downsample:
-            raise ValueError(
-                f"{type(self).__name__}: frame size {h}×{w} must be divisible by its downsample factor "
-                f"{self.downsample}"
-            )
-
-
-# -- tiny_ae: the harness's own autoencoder ---------------------------------------------------
 AE_ARCH_KEYS = ("latent_channels", "downsample", "base_channels", "max_channels", "regularizer")
 AE_REGULARIZERS = ("none", "l2", "kl")
 AE_STATE_PREFIX = "ae."  # the autoencoder ModelSpec keeps its network under ``.ae``
@@ -372,94 +272,3 @@ class TinyAECodec(FrozenCodec):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return map_frames(self.ae.decode, latents, self.chunk).clamp(-1.0, 1.0)
-
-
-# -- sd_vae: a pretrained Stable Diffusion VAE from a local folder -----------------------------
-SD_VAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-SD_VAE_HINT = (
-    "on a machine with network access save a diffusers AutoencoderKL, e.g.\n"
-    '      python -c "from diffusers import AutoencoderKL; '
-    "AutoencoderKL.from_pretrained('stabilityai/sd-vae-ft-mse').save_pretrained('sd-vae')\"\n"
-    "    and copy the folder (config.json + diffusion_pytorch_model.safetensors) here; a full Stable "
-    "Diffusion pipeline folder with a vae/ subfolder works too."
-)
-
-
-def _sd_vae_folder(path: str | Path | None) -> tuple[Path, str | None, Path]:
-    """(folder, subfolder or None, weight file) of a diffusers AutoencoderKL, or a clear error."""
-    folder = Path(str(path)).expanduser() if path not in (None, "") else None
-    if folder is not None:
-        for sub in (None, "vae"):
-            root = folder / sub if sub else folder
-            if (root / "config.json").is_file():
-                for name in SD_VAE_WEIGHT_FILES:
-                    if (root / name).is_file():
-                        return folder, sub, root / name
-    where = f"`codec.path={path}` ({'not a folder' if folder is None or not folder.is_dir() else 'incomplete'})"
-    raise MissingWeightsError(
-        f"codec=sd_vae needs a diffusers AutoencoderKL folder on this machine, but {where}.\n"
-        f"  Put the folder there, holding config.json and diffusion_pytorch_model.safetensors (or a Stable "
-        f"Diffusion folder with them under vae/), or set `codec.path=/path/to/sd-vae`; pin the weight file "
-        f"with `codec.sha256=<sha256sum of diffusion_pytorch_model.safetensors>`.\n"
-        f"  How to obtain it offline: {SD_VAE_HINT}"
-    )
-
-
-@CODECS.register("sd_vae")
-class SDVAECodec(FrozenCodec):
-    """Stable Diffusion's VAE (diffusers ``AutoencoderKL``) from a local folder, frozen.
-
-    Latents are ``(posterior mean − shift_factor) · scaling_factor`` with both factors read from
-    the VAE's config (``scaling_factor`` 0.18215 and no shift for SD1.x), so they have about unit
-    variance; ``sample_posterior=True`` draws from the posterior instead of taking its mean.
-    ``chunk`` bounds how many frames go through the VAE at once (0: all ``B·F``).
-    """
-
-    def __init__(
-        self,
-        path: str | None = "weights/sd-vae",
-        sha256: str | None = None,
-        sample_posterior: bool = False,
-        chunk: int = 16,
-    ):
-        super().__init__()
-        folder, subfolder, weight_file = _sd_vae_folder(path)
-        resolve_weights(
-            weight_file,
-            sha256=sha256,
-            name="SD VAE weights (diffusers AutoencoderKL)",
-            config_key="codec.path",
-            sha256_key="codec.sha256",
-            hint=SD_VAE_HINT,
-        )
-        from diffusers import AutoencoderKL
-
-        self.vae = AutoencoderKL.from_pretrained(
-            str(folder), subfolder=subfolder, local_files_only=True
-        )
-        config = self.vae.config
-        self.scaling_factor = float(config.scaling_factor)
-        self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
-        self.latent_channels = int(config.latent_channels)
-        self.downsample = 2 ** (len(config.block_out_channels) - 1)
-        self.sample_posterior = bool(sample_posterior)
-        self.chunk = int(chunk)
-        self.source = str(folder / subfolder) if subfolder else str(folder)
-        self.freeze()
-
-    @torch.no_grad()
-    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        self._check_size(video)
-
-        def encode_chunk(frames: torch.Tensor) -> torch.Tensor:
-            posterior = self.vae.encode(frames).latent_dist
-            z = posterior.sample(generator) if self.sample_posterior else posterior.mean
-            return (z - self.shift_factor) * self.scaling_factor
-
-        return map_frames(encode_chunk, video, self.chunk)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        def decode_frames(z: torch.Tensor) -> torch.Tensor:
-            return self.vae.decode(z / self.scaling_factor + self.shift_factor).sample
-
-        return map_frames(decode_frames, latents, self.chunk).clamp(-1.0, 1.0)
