@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from singer.cli import UserError
 
@@ -327,6 +327,33 @@ def validate(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def name_model(cfg: DictConfig, choice: str | None) -> DictConfig:
+    """Set ``model.name`` from ``choice``, the ``model`` config group entry Hydra composed.
+
+    A model's name is written once, in its ``register_model_spec`` call. Its config file
+    ``model/<entry>.yaml`` does not repeat it: selecting ``model=<entry>`` selects the ModelSpec
+    whose ``config`` is that entry (by default the spec's own name). A config file that sets
+    ``name`` itself (a variant of a model under another file name) keeps it; :func:`validate`
+    checks it.
+    """
+    model = cfg.get("model")
+    if not isinstance(model, DictConfig) or model.get("name") is not None or choice is None:
+        return cfg
+    # Imported here: it loads torch, which entry points that never name a model do not need.
+    from singer.models.spec import model_for_config
+
+    spec = model_for_config(str(choice))
+    if spec is None:
+        raise ConfigError(
+            f"model={choice}: no registered model has the config entry '{choice}'",
+            f"set model.name in model/{choice}.yaml to a registered model, or register a "
+            f"ModelSpec whose config is '{choice}' (python -m singer.registry model lists them)",
+        )
+    with open_dict(model):
+        model.name = spec.name
+    return cfg
+
+
 def compose(
     overrides: Sequence[str] | Iterable[str] = (), config_name: str = "train"
 ) -> DictConfig:
@@ -341,11 +368,15 @@ def compose(
     overrides = list(overrides)
     check_hydra_overrides(overrides)
     try:
+        # With Hydra's section: its ``runtime.choices`` name the model (see name_model).
         if GlobalHydra.instance().is_initialized():
-            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+            cfg = hydra_compose(config_name, overrides, return_hydra_config=True)
         else:
             with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-                cfg = hydra_compose(config_name=config_name, overrides=overrides)
+                cfg = hydra_compose(config_name, overrides, return_hydra_config=True)
+        name_model(cfg, cfg.hydra.runtime.choices.get("model"))
+        with open_dict(cfg):
+            del cfg["hydra"]
     except (HydraException, OmegaConfBaseException) as err:
         # Hydra's messages span lines ("Could not override ... Key 'x' is not in struct").
         raise ConfigError(

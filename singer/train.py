@@ -22,7 +22,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from singer import cli
-from singer.config import ConfigError, check_hydra_overrides, check_hydra_section, validate
+from singer.config import (
+    ConfigError,
+    check_hydra_overrides,
+    check_hydra_section,
+    name_model,
+    validate,
+)
 from singer.launch import register_hydra_launchers
 from singer.trainer import train
 
@@ -46,6 +52,7 @@ class PrepareTrackingStore(Callback):
 @hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base="1.3")
 def _task(cfg: DictConfig) -> float | None:
     with cli.user_errors():
+        name_model(cfg, HydraConfig.get().runtime.choices.get("model"))
         validate(cfg)
         out_dir = cfg.out_dir or HydraConfig.get().runtime.output_dir
         result = train(cfg, out_dir)
@@ -122,6 +129,7 @@ def check_command_line(argv: list[str]) -> None:
     finally:
         GlobalHydra.instance().clear()
     check_hydra_section(cfg.get("hydra"))
+    name_model(cfg, cfg.hydra.runtime.choices.get("model"))
     validate(cfg)
 
 

@@ -16,7 +16,6 @@ SPEC = register_model_spec(
         name="aniportrait",
         build=build_aniportrait,
         description="AniPortrait: audio → face motion (transformer), motion map + reference → video (unet3d)",
-        config="aniportrait",
     )
 )
 

@@ -15,7 +15,6 @@ SPEC = register_model_spec(
         name="hallo",
         build=build_hallo,
         description="Hallo: all-layer wav2vec2 tokens + region-gated (lip/face/pose) audio attention in unet3d",
-        config="hallo",
     )
 )
 

@@ -12,6 +12,5 @@ SPEC = register_model_spec(
         name="talking_singer",
         build=build_audio_driven_diffusion,
         description="SINGER minus MSM and SFM: mel front-end + unet3d without the bottleneck filter",
-        config="talking_singer",
     )
 )

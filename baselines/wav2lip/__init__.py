@@ -23,7 +23,6 @@ SPEC = register_model_spec(
         build=build_wav2lip,
         description="Wav2Lip: per-frame masked-face + mel U-Net generator, L1 + frozen sync-expert loss "
         "(+ optional quality GAN); one forward pass, no diffusion",
-        config="wav2lip",
     )
 )
 

@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 TRAIN = "train"
+EXPERT_MODEL = "syncnet"  # the registered model the expert is (singer.models.syncnet)
 KEY_SECTIONS = ("model", "data", "trainer", "seed")
 
 
@@ -34,10 +35,13 @@ def expert_config(cfg, steps: int | None = None) -> dict:
 
     import singer.conf
     from singer.config import to_container
+    from singer.models.spec import get_model_spec
 
     plain = to_container(cfg)
-    syncnet = Path(singer.conf.__file__).parent / "model" / "syncnet.yaml"
-    plain["model"] = OmegaConf.to_container(OmegaConf.load(syncnet), resolve=True)
+    spec = get_model_spec(EXPERT_MODEL)
+    syncnet = Path(singer.conf.__file__).parent / "model" / f"{spec.config}.yaml"
+    defaults = OmegaConf.to_container(OmegaConf.load(syncnet), resolve=True)
+    plain["model"] = {"name": spec.name, **defaults}  # as `model=syncnet` composes it
     trainer = dict(plain["trainer"])
     trainer.update(
         steps=int(steps if steps is not None else trainer["steps"]),

@@ -76,6 +76,5 @@ register_model_spec(
         build=build_autoencoder,
         description="tiny per-frame conv autoencoder (L1+MSE); its checkpoint is the latent space of codec=tiny_ae",
         sample=None,
-        config="autoencoder",
     )
 )

@@ -322,6 +322,5 @@ register_model_spec(
         name="face_params",
         build=build_face_params,
         description="LAPTOP PROXY: diffusion over SynthSing face parameters (any front-end), rendered by SynthSing's renderer",
-        config="face_params",
     )
 )

@@ -195,6 +195,5 @@ register_model_spec(
         name="singer",
         build=build_audio_driven_diffusion,
         description="SINGER: audio front-end (msm by default) + unet3d with SFM bottleneck + v-pred diffusion",
-        config="singer",
     )
 )

@@ -88,7 +88,10 @@ class ModelSpec:
     loss:    (model, batch, generator) → (scalar loss, float logs). Batch layout: docs/architecture.md.
     sample:  (model, Conditions, steps=, guidance_scale=, generator=) → video B×3×F×H×W in [-1, 1];
              None for models that do not generate video (e.g. a sync expert, an autoencoder).
-    config:  name of its default config in ``singer/conf/model/``.
+    config:  the entry of the ``model`` config group (``model/<config>.yaml`` in ``singer/conf``
+             or ``baselines/conf``) holding its defaults; ``model=<config>`` selects this model,
+             and the composed config's ``model.name`` is filled from it
+             (:func:`singer.config.name_model`). Default: ``name``, so the name is written once.
     """
 
     name: str
@@ -97,6 +100,10 @@ class ModelSpec:
     loss: LossFn = _method_loss
     sample: SampleFn | None = _method_sample
     config: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            object.__setattr__(self, "config", self.name)  # frozen: set once, here
 
     @property
     def __doc__(self) -> str:  # shown by ``python -m singer.registry``
@@ -110,6 +117,18 @@ def register_model_spec(spec: ModelSpec) -> ModelSpec:
 
 def get_model_spec(name: str) -> ModelSpec:
     return MODELS.get(name)
+
+
+def model_for_config(entry: str) -> ModelSpec | None:
+    """The ModelSpec that the ``model=<entry>`` config group entry selects (the one whose
+    ``config`` is ``entry``), or None when no registered model has that entry."""
+    found = [spec for spec in map(MODELS.get, MODELS.names()) if spec.config == entry]
+    if len(found) > 1:
+        raise ValueError(
+            f"models {', '.join(s.name for s in found)} all give config='{entry}'; "
+            "each model needs its own model/<config>.yaml"
+        )
+    return found[0] if found else None
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -421,7 +421,6 @@ register_model_spec(
         description="lip-sync expert (SyncNet/Wav2Lip style): 5-frame lower face vs 0.2 s mel, BCE + matching on "
         "cosine similarity; drives sync_offline and wav2lip's sync loss",
         sample=None,
-        config="syncnet",
     )
 )
 
