@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from baselines.hallo import REGIONS, region_masks
-from baselines.hallo.model import region_weighted_loss
 from generation_helpers import check_generates_mp4
 from singer.config import compose
 from singer.data import synth as S
@@ -96,13 +95,13 @@ def test_region_weighted_loss_reduces_to_the_plain_loss():
         denoise, x0, generator=torch.Generator().manual_seed(0)
     )
     ones = torch.ones(2, 1, 4, 32, 32)
-    same, logs = region_weighted_loss(
-        model.diffusion, denoise, x0, ones, generator=torch.Generator().manual_seed(0)
+    same, logs = model.diffusion.training_loss(
+        denoise, x0, generator=torch.Generator().manual_seed(0), weight=ones
     )
     torch.testing.assert_close(same, plain)
     assert logs["mse"] == pytest.approx(plain_logs["mse"])
-    heavier, _ = region_weighted_loss(
-        model.diffusion, denoise, x0, ones * 3, generator=torch.Generator().manual_seed(0)
+    heavier, _ = model.diffusion.training_loss(
+        denoise, x0, generator=torch.Generator().manual_seed(0), weight=ones * 3
     )
     torch.testing.assert_close(heavier, 3 * plain)
 

@@ -1,50 +1,20 @@
 """Hallo as a subclass of the harness's AudioDrivenDiffusion: same front-end, backbone and
-diffusion modules, plus region masks passed to the backbone's audio attention."""
+diffusion modules, plus region masks passed to the backbone's audio attention.
+
+It overrides only AudioDrivenDiffusion's hooks: the backbone's extra inputs (the region masks,
+from each batch or each sampling call) and the per-pixel loss weight; the training step and the
+sampler are SINGER's own."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
+from typing import Any
 
 import torch
 
 from baselines.hallo.regions import GEOMETRIES, REGIONS, region_masks
-from singer.diffusion import GaussianDiffusion, drop_conditions
 from singer.models.singer import AudioDrivenDiffusion, build_audio_driven_diffusion
-from singer.models.spec import Conditions, dropout_on
-
-
-def region_weighted_loss(
-    diffusion: GaussianDiffusion,
-    denoise_fn,
-    x0: torch.Tensor,
-    pixel_weight: torch.Tensor,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """``diffusion.training_loss`` with a per-pixel weight ``B×1×F×H×W`` on the squared error.
-
-    Same draws of t and noise (same generator calls, same order) and the same min-SNR weight;
-    ``mse`` in the logs stays the unweighted error, comparable with every other model.
-    """
-    batch = x0.shape[0]
-    device = generator.device if generator is not None else x0.device
-    t = torch.randint(
-        0, diffusion.num_train_timesteps, (batch,), generator=generator, device=device
-    ).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
-    x_t = diffusion.add_noise(x0, noise, t)
-    target = diffusion.target(x0, noise, t)
-    error = (denoise_fn(x_t, t).float() - target.float()).pow(2)
-    mse = error.flatten(1).mean(dim=1)
-    weighted = (error * pixel_weight.float()).flatten(1).mean(dim=1)
-    weight = diffusion.loss_weight(diffusion.snr(t))
-    loss = (weight * weighted).mean()
-    return loss, {
-        "mse": mse.mean().item(),
-        "weighted_mse": weighted.mean().item(),
-        "weight_mean": weight.mean().item(),
-        "t_mean": t.float().mean().item(),
-    }
+from singer.models.spec import Conditions
 
 
 class HalloDiffusion(AudioDrivenDiffusion):
@@ -84,7 +54,6 @@ class HalloDiffusion(AudioDrivenDiffusion):
         self.follow_motion = follow_motion
         self.scales = tuple(float(s) for s in scales)
         self.loss_weights = tuple(float(w) for w in loss_weights)
-        self._masks: torch.Tensor | None = None
 
     def masks(
         self,
@@ -111,68 +80,46 @@ class HalloDiffusion(AudioDrivenDiffusion):
             device=device,
         )
 
-    @contextmanager
-    def _using_masks(self, masks: torch.Tensor | None):
-        self._masks = masks
-        try:
-            yield
-        finally:
-            self._masks = None
-
-    def _denoise(self, x_t, t, audio, ref, motion, audio_keep, ref_keep):
-        num_frames = x_t.shape[2]
-        tokens = self.frontend(audio, num_frames, x_t=x_t, t=t)
-        return self.backbone(
-            x_t,
-            t,
-            tokens,
-            ref,
-            motion,
-            region_masks=self._masks,
-            audio_keep=audio_keep,
-            ref_keep=ref_keep,
-        )
-
-    def training_loss(self, batch: dict, generator: torch.Generator | None = None):
-        video = batch["video"]
-        b, _, f, h, w = video.shape
+    # -- AudioDrivenDiffusion's hooks -----------------------------------------------------
+    def train_backbone_kwargs(self, batch: dict) -> dict[str, Any]:
+        """Region masks ``B×3×F×H×W`` of the batch's frames (moving with the head on clips with truth)."""
+        b, _, f, h, w = batch["video"].shape
         masks = self.masks(
-            b, f, h, w, device=video.device, cues=batch.get("cues"), has_cues=batch.get("has_cues")
+            b,
+            f,
+            h,
+            w,
+            device=batch["video"].device,
+            cues=batch.get("cues"),
+            has_cues=batch.get("has_cues"),
         )
-        with self._using_masks(masks):
-            if not any(self.loss_weights):
-                return super().training_loss(batch, generator)
-            x0 = self.codec.encode(video)
-            ref = self.codec.encode_frames(batch["ref"])
-            motion = self._motion(batch.get("motion"))
-            audio_keep = ~drop_conditions(b, self.audio_dropout * dropout_on(batch), generator).to(
-                video.device
-            )
-            ref_keep = ~drop_conditions(b, self.ref_dropout * dropout_on(batch), generator).to(
-                video.device
-            )
-            lam = torch.tensor(self.loss_weights, device=video.device).view(1, -1, 1, 1, 1)
-            pixel_weight = 1.0 + (masks * lam).sum(dim=1, keepdim=True)  # B×1×F×H×W
-            if tuple(pixel_weight.shape[-2:]) != tuple(x0.shape[-2:]):  # a latent codec
-                pw = pixel_weight.transpose(1, 2).reshape(b * f, 1, h, w)
-                pw = torch.nn.functional.interpolate(pw, size=x0.shape[-2:], mode="area")
-                pixel_weight = pw.reshape(b, f, 1, *x0.shape[-2:]).transpose(1, 2)
+        return {"region_masks": masks}
 
-            def denoise(x_t, t):
-                return self._denoise(x_t, t, batch["audio"], ref, motion, audio_keep, ref_keep)
-
-            return region_weighted_loss(self.diffusion, denoise, x0, pixel_weight, generator)
-
-    @torch.no_grad()
-    def generate(self, conditions: Conditions, **options) -> torch.Tensor:
-        """Sampling with static (rest-pose) masks scaled by ``scales`` (no truth at test time)."""
+    def sample_backbone_kwargs(self, conditions: Conditions) -> dict[str, Any]:
+        """Static (rest-pose) masks scaled by ``scales``: there is no truth at test time."""
         ref = conditions.ref
         masks = self.masks(
             ref.shape[0], conditions.num_frames, ref.shape[-2], ref.shape[-1], device=ref.device
         )
         masks = masks * torch.tensor(self.scales, device=ref.device).view(1, -1, 1, 1, 1)
-        with self._using_masks(masks):
-            return super().generate(conditions, **options)
+        return {"region_masks": masks}
+
+    def loss_weight(
+        self, batch: dict, x0: torch.Tensor, backbone_kwargs: dict[str, Any]
+    ) -> torch.Tensor | None:
+        """``1 + Σ_r loss_weights[r] · mask_r`` per pixel (``B×1×F×h×w``, area-resized to a
+        latent grid), or None when every region weight is 0 (the plain loss)."""
+        if not any(self.loss_weights):
+            return None
+        masks = backbone_kwargs["region_masks"]
+        b, _, f, h, w = masks.shape
+        lam = torch.tensor(self.loss_weights, device=masks.device).view(1, -1, 1, 1, 1)
+        pixel_weight = 1.0 + (masks * lam).sum(dim=1, keepdim=True)  # B×1×F×H×W
+        if tuple(pixel_weight.shape[-2:]) != tuple(x0.shape[-2:]):  # a latent codec
+            pw = pixel_weight.transpose(1, 2).reshape(b * f, 1, h, w)
+            pw = torch.nn.functional.interpolate(pw, size=x0.shape[-2:], mode="area")
+            pixel_weight = pw.reshape(b, f, 1, *x0.shape[-2:]).transpose(1, 2)
+        return pixel_weight
 
 
 def _resolve_geometry(cfg) -> str:

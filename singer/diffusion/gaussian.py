@@ -175,6 +175,7 @@ class GaussianDiffusion:
         denoise_fn: DenoiseFn,
         x0: torch.Tensor,
         generator: torch.Generator | None = None,
+        weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """One diffusion loss on clean samples ``x0: B×...``.
 
@@ -182,9 +183,13 @@ class GaussianDiffusion:
         device, then moved to ``x0``'s), forms ``x_t``, and regresses ``denoise_fn(x_t, t)``
         onto the target with per-sample min-SNR weights.
 
+        ``weight``: an optional per-element weight of the squared error, broadcastable to
+        ``x0`` (e.g. ``B×1×F×H×W`` for a video ``B×C×F×H×W``: Hallo's region-weighted loss).
+        It changes neither the draws of t and noise nor the logged ``mse``.
+
         Returns:
             ``(loss, logs)``: the weighted scalar loss, and floats ``mse`` (unweighted),
-            ``weight_mean`` and ``t_mean``.
+            ``weighted_mse`` (only with ``weight``), ``weight_mean`` and ``t_mean``.
         """
         batch = x0.shape[0]
         device = generator.device if generator is not None else x0.device
@@ -202,14 +207,18 @@ class GaussianDiffusion:
             raise ValueError(
                 f"denoise_fn returned shape {tuple(prediction.shape)}, expected {tuple(target.shape)}"
             )
-        mse = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # B
-        weight = self.loss_weight(self.snr(t))
-        loss = (weight * mse).mean()
-        logs = {
-            "mse": mse.mean().item(),
-            "weight_mean": weight.mean().item(),
-            "t_mean": t.float().mean().item(),
-        }
+        error = (prediction.float() - target.float()).pow(2)
+        mse = error.flatten(1).mean(dim=1)  # B
+        logs = {"mse": mse.mean().item()}
+        if weight is not None:
+            mse_weighted = (error * weight.float()).flatten(1).mean(dim=1)
+            logs["weighted_mse"] = mse_weighted.mean().item()
+        else:
+            mse_weighted = mse
+        snr_weight = self.loss_weight(self.snr(t))
+        loss = (snr_weight * mse_weighted).mean()
+        logs["weight_mean"] = snr_weight.mean().item()
+        logs["t_mean"] = t.float().mean().item()
         return loss, logs
 
     # -- sampling -----------------------------------------------------------------------

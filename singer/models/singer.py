@@ -8,6 +8,7 @@ config override; ``AudioDrivenDiffusion`` itself does not know which parts it ho
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +34,10 @@ class AudioDrivenDiffusion(nn.Module):
     token, its reference-absent flag or null reference token), passed as per-sample keep masks,
     so training and sampling see the same "no condition" input, and it is never a zero tensor
     the backbone could mistake for silence or a black frame.
+
+    A subclass that gives the backbone more inputs or weights the loss overrides the hooks
+    :meth:`train_backbone_kwargs`, :meth:`sample_backbone_kwargs` and :meth:`loss_weight`
+    (``baselines/hallo``: region masks and a region-weighted loss), and nothing else.
     """
 
     def __init__(
@@ -75,10 +80,37 @@ class AudioDrivenDiffusion(nn.Module):
         motion: torch.Tensor | None,
         audio_keep: torch.Tensor,
         ref_keep: torch.Tensor,
+        **backbone_kwargs: Any,
     ) -> torch.Tensor:
         num_frames = x_t.shape[2]
         tokens = self.frontend(audio, num_frames, x_t=x_t, t=t)
-        return self.backbone(x_t, t, tokens, ref, motion, audio_keep=audio_keep, ref_keep=ref_keep)
+        return self.backbone(
+            x_t,
+            t,
+            tokens,
+            ref,
+            motion,
+            audio_keep=audio_keep,
+            ref_keep=ref_keep,
+            **backbone_kwargs,
+        )
+
+    # -- hooks for subclasses -----------------------------------------------------------
+    def train_backbone_kwargs(self, batch: dict) -> dict[str, Any]:
+        """Extra keyword arguments of every backbone call while training on ``batch`` (none)."""
+        return {}
+
+    def sample_backbone_kwargs(self, conditions: Conditions) -> dict[str, Any]:
+        """Extra keyword arguments of every backbone call while sampling ``conditions`` (none)."""
+        return {}
+
+    def loss_weight(
+        self, batch: dict, x0: torch.Tensor, backbone_kwargs: dict[str, Any]
+    ) -> torch.Tensor | None:
+        """A per-element weight of the squared error, broadcastable to the codec's ``x0``
+        (``B×C×F×h×w``), or None for the plain loss. ``backbone_kwargs`` are this batch's
+        :meth:`train_backbone_kwargs`."""
+        return None
 
     # -- training -----------------------------------------------------------------------
     def training_loss(self, batch: dict, generator: torch.Generator | None = None):
@@ -95,11 +127,13 @@ class AudioDrivenDiffusion(nn.Module):
         ref_keep = ~drop_conditions(batch_size, self.ref_dropout * dropout_on(batch), generator).to(
             video.device
         )
+        extra = self.train_backbone_kwargs(batch)
+        weight = self.loss_weight(batch, x0, extra)
 
         def denoise(x_t, t):
-            return self._denoise(x_t, t, audio, ref, motion, audio_keep, ref_keep)
+            return self._denoise(x_t, t, audio, ref, motion, audio_keep, ref_keep, **extra)
 
-        return self.diffusion.training_loss(denoise, x0, generator=generator)
+        return self.diffusion.training_loss(denoise, x0, generator=generator, weight=weight)
 
     # -- sampling -----------------------------------------------------------------------
     @torch.no_grad()
@@ -123,12 +157,13 @@ class AudioDrivenDiffusion(nn.Module):
         ref_keep_u = keep & ("ref" not in self.guidance_drop)
         c, h, w = ref.shape[1], ref.shape[-2], ref.shape[-1]
         shape = (batch_size, c, num_frames, h, w)
+        extra = self.sample_backbone_kwargs(conditions)
 
         def denoise(x_t, t):
-            cond = self._denoise(x_t, t, audio, ref, motion, keep, keep)
+            cond = self._denoise(x_t, t, audio, ref, motion, keep, keep, **extra)
             if guidance_scale == 1.0:
                 return cond
-            uncond = self._denoise(x_t, t, audio, ref, motion, audio_keep_u, ref_keep_u)
+            uncond = self._denoise(x_t, t, audio, ref, motion, audio_keep_u, ref_keep_u, **extra)
             return cfg_combine(cond, uncond, guidance_scale)
 
         latents = self.diffusion.sample(
