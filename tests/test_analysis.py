@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from analysis import AnalysisError, plots, runs, stats
+from tiny import FAST
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("frequency_bands", "spectral_scales", "compare_runs")
@@ -335,19 +336,7 @@ def test_notebooks_are_committed_without_outputs():
 
 # -- a tiny real sweep, then the notebooks ----------------------------------------------------------
 SWEEP = "nb_sweep"
-SWEEP_OVERRIDES = [
-    "trainer=cpu_tiny",
-    "trainer.steps=4",
-    "trainer.val_every=2",
-    "trainer.log_every=2",
-    "trainer.ckpt_every=2",
-    "trainer.sample_at_end=false",
-    "trainer.threads=1",
-    "backbone.channels=[8,16,32]",
-    "data.synth.clips=6",
-    "data.synth.seconds=2.0",
-    "frontend=msm",
-]
+SWEEP_OVERRIDES = [*(o for o in FAST if not o.startswith("frontend=")), "frontend=msm"]
 EVALUATE = {
     "protocol": {
         "num_clips": 2,

@@ -14,22 +14,20 @@ from pathlib import Path
 import pytest
 import torch
 
+import tiny
 from singer import distributed
 from singer.trainer import BatchStream
 
 # A very small SINGER: the point is the distributed code path, not the model.
 TINY = [
-    "trainer=cpu_tiny",
-    "trainer.sample_at_end=false",
+    tiny.TINY,
     "trainer.batch_size=2",
     "trainer.num_frames=4",
-    "trainer.threads=1",
     "trainer.val_batches=1",
     "trainer.log_every=1",
     "frontend=mel",
     "backbone.channels=[16,32]",
     "data.synth.clips=6",
-    "data.synth.seconds=2.0",
 ]
 
 

@@ -18,20 +18,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from singer.evaluate import main
+from tiny import TINY
 from singer.evaluation import EvalProtocol
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = [
-    "trainer=cpu_tiny",
+    TINY,
     "trainer.steps=4",
     "trainer.val_every=4",
     "trainer.log_every=2",
     "trainer.ckpt_every=4",
-    "trainer.sample_at_end=false",
-    "trainer.threads=1",
     "backbone.channels=[8,16,32]",
-    "data.synth.clips=8",
-    "data.synth.seconds=2.0",
     "data.val_fraction=0.5",  # 2 held-out speakers: intervals need at least 2 units
     "tracking.experiment=t-evaluate",
 ]

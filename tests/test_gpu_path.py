@@ -13,22 +13,20 @@ import numpy as np
 import pytest
 import torch
 
+import tiny
 from singer.config import compose
 from singer.trainer import Trainer, enable_grad_checkpointing, sdpa_context
 
 TINY = [
-    "trainer=cpu_tiny",
-    "trainer.sample_at_end=false",
+    tiny.TINY,
     "trainer.batch_size=2",
     "trainer.num_frames=4",
     "trainer.steps=2",
     "trainer.val_every=2",
     "trainer.val_batches=1",
-    "trainer.threads=1",
     "frontend=mel",
     "backbone.channels=[16,32]",
     "data.synth.clips=6",
-    "data.synth.seconds=2.0",
 ]
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

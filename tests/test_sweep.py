@@ -19,13 +19,14 @@ import pytest
 import submitit
 import yaml
 
+from singer.config import compose
 from singer.launch import CheckpointableJob
 from singer.sweep import main
 from singer.sweeps.driver import plan_jobs
 from singer.sweeps.spec import SweepSpecError, hydra_value, load_sweep, merge_overrides
 from singer.sweeps.trial import TrialJob, open_storage
 
-from tiny import FAST
+from tiny import FAST, TINY
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
@@ -204,10 +205,10 @@ def test_shipped_sweeps_validate():
     for name in ("frontends", "hparam_search"):
         spec = load_sweep(SWEEPS / f"{name}.yaml")
         assert spec.name == name and spec.launcher == "local" and spec.parallel == 2
-        assert (
-            "trainer.threads=1" in spec.overrides
-            and "trainer.sample_at_end=false" in spec.overrides
-        )
+        # the CPU-tiny preset: one thread per job, no sample video
+        assert TINY in spec.overrides
+        cfg = compose(list(spec.overrides))
+        assert cfg.trainer.threads == 1 and cfg.trainer.sample_at_end is False
     for name in ("spectral_scales", "spectral_scales_full"):  # the laptop proxy, compared to mel
         spec = load_sweep(SWEEPS / f"{name}.yaml")
         assert spec.name == name and "experiment=laptop_proxy" in spec.overrides

@@ -26,7 +26,7 @@ from singer.sweep import main
 from singer.sweeps.trial import open_storage
 
 from slurm_fixture import sacct
-from tiny import FAST
+from tiny import FAST, TINY
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -195,11 +195,9 @@ def test_hydra_multirun_with_the_submitit_launcher(tmp_path, data_root):
         "hydra/launcher=submitit_local",
         "hydra.launcher.timeout_min=10",
         "hydra.launcher.cpus_per_task=1",
-        "trainer=cpu_tiny",
+        TINY,
         "trainer.steps=2",
         "trainer.val_every=2",
-        "trainer.sample_at_end=false",
-        "trainer.threads=1",
         "data.synth.clips=4",
         "data.synth.seconds=2",
         f"data.root={data_root}",
@@ -390,11 +388,9 @@ def test_hydra_multirun_on_slurm_with_a_profile(slurm_cluster, tmp_path, data_ro
         "-m",
         "frontend=mel,msm",
         "hydra/launcher=slurm_local",
-        "trainer=cpu_tiny",
+        TINY,
         "trainer.steps=2",
         "trainer.val_every=2",
-        "trainer.sample_at_end=false",
-        "trainer.threads=1",
         "data.synth.clips=4",
         "data.synth.seconds=2",
         f"data.root={data_root}",
