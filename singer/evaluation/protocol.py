@@ -5,6 +5,9 @@ part of the training config), optionally a user YAML file and ``key=value`` over
 left ``None`` are taken from the checkpoint's training config by :meth:`EvalProtocol.resolve`;
 the *resolved* protocol is written beside every result and its short hash is recorded, so
 results are compared only when the hashes agree.
+
+The dataclass is the protocol's schema (:mod:`singer.schema`): its annotations are the types
+every value is checked against; :meth:`EvalProtocol.validate` holds the rules on values.
 """
 
 from __future__ import annotations
@@ -16,39 +19,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from singer.schema import rule, type_problems
+
 DEFAULT_PROTOCOL = Path(__file__).resolve().parent.parent / "conf" / "evaluate" / "default.yaml"
 CROPS = ("center",)
 BAND_FILTERS = ("butter", "fft")
 CONTROLS = ("deranged", "silence")
-
-
-FIELD_TYPES = {
-    "num_clips": "int",
-    "windows_per_clip": "int",
-    "num_frames": "int",
-    "resolution": "int",
-    "crop": "str",
-    "steps": "int",
-    "guidance_scale": "float",
-    "seeds": "list[int]",
-    "batch_size": "int",
-    "metrics": "list[str]",
-    "metric_kwargs": "dict",
-    "bootstrap": "int",
-    "alpha": "float",
-    "band_edges": "list[float]",
-    "band_filter": "str",
-    "band_filter_order": "int",
-    "probe_split": "str",
-    "probe_clips": "int",
-    "probe_folds": "int",
-    "probe_alphas": "list[float]",
-    "probe_frontends": "list[str]",
-    "controls": "list[str]",
-    "derangement_seed": "int",
-}
-# None: take the model's own (windows_per_clip: every window of the clip)
-OPTIONAL_FIELDS = ("num_frames", "resolution", "guidance_scale", "windows_per_clip")
 
 
 class ProtocolError(ValueError):
@@ -75,7 +51,9 @@ class EvalProtocol:
     metrics: list[str] = field(
         default_factory=lambda: ["ssim", "psnr", "motion_fidelity", "fid_offline", "audio_stats"]
     )
-    metric_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metric_kwargs: dict[str, dict[str, Any] | None] = field(
+        default_factory=dict, metadata=rule(what="a mapping {metric: {argument: value}}")
+    )
     bootstrap: int = 1000
     alpha: float = 0.05
     band_edges: list[float] = field(
@@ -98,7 +76,7 @@ class EvalProtocol:
 
     # -- checks ---------------------------------------------------------------------------
     def validate(self) -> None:
-        problems = self._type_problems()
+        problems = type_problems(self)
         if problems:  # the value checks below assume the right types
             raise ProtocolError("invalid evaluation protocol: " + "; ".join(problems))
         if self.num_clips < 1:
@@ -146,51 +124,6 @@ class EvalProtocol:
             )
         if problems:
             raise ProtocolError("invalid evaluation protocol: " + "; ".join(problems))
-
-    def _type_problems(self) -> list[str]:
-        """One message per field whose value has the wrong type (e.g. ``--set steps=ten``)."""
-        problems = []
-        for f in fields(self):
-            value, kind = getattr(self, f.name), FIELD_TYPES[f.name]
-            if value is None and f.name in OPTIONAL_FIELDS:
-                continue
-            if kind == "int":
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif kind == "float":
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            elif kind == "str":
-                ok = isinstance(value, str)
-            elif kind == "dict":
-                ok = isinstance(value, dict) and all(
-                    isinstance(v, dict) or v is None for v in value.values()
-                )
-            else:  # a list of ints / floats / strings
-                item = kind.split("[")[1].rstrip("]")
-                ok = isinstance(value, (list, tuple)) and all(
-                    (
-                        isinstance(v, str)
-                        if item == "str"
-                        else isinstance(v, (int, float)) and not isinstance(v, bool)
-                    )
-                    and (item != "int" or isinstance(v, int))
-                    for v in value
-                )
-            if not ok:
-                expected = {
-                    "int": "an integer",
-                    "float": "a number",
-                    "str": "a string",
-                    "dict": "a mapping {metric: {argument: value}}",
-                    "list[int]": "a list of integers",
-                    "list[float]": "a list of numbers",
-                    "list[str]": "a list of names",
-                }[kind]
-                problems.append(
-                    f"{f.name} must be {expected}"
-                    + (" or null" if f.name in OPTIONAL_FIELDS else "")
-                    + f", got {value!r}"
-                )
-        return problems
 
     # -- model-dependent defaults -----------------------------------------------------------
     def resolve(self, cfg) -> EvalProtocol:

@@ -1,6 +1,8 @@
 """Sweeps: ``python -m singer.sweep sweeps/X.yaml`` (Optuna picks, submitit runs, MLflow records).
 
-- :mod:`singer.sweeps.spec`: the sweep file format and its validation (``load_sweep``);
+- :mod:`singer.sweeps.spec`: the sweep file format and its validation (``load_sweep``), with
+  its domain rules in :mod:`singer.sweeps.rules` and Hydra override text in
+  :mod:`singer.sweeps.overrides`;
 - :mod:`singer.sweeps.trial`: the job that trains one (trial, seed) and reports to Optuna;
 - :mod:`singer.sweeps.driver`: the ask/submit/tell loop, resume and the MLflow summary;
 - :mod:`singer.sweeps.progress`: the live display.
