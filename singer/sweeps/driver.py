@@ -936,6 +936,7 @@ class SweepDriver:
         say(f"  open the UI: {_ui_hint(summary.tracking_uri)}")
         say(
             f"  the answer: {_ui_base(summary.tracking_uri)}/#/experiments/{self.state.get('experiment_id')}"
-            f"/runs/{summary.parent_run_id} (the parent run; its description holds the verdict)"
+            f"/runs/{summary.parent_run_id}?workflowType=machine_learning (the parent run; its "
+            "description holds the verdict)"
         )
         say(f"Optuna study {summary.name!r}: {summary.storage}")

@@ -105,9 +105,34 @@ def verdict(
     return rows
 
 
+def headline(rows: list[VerdictRow], reference: str) -> str:
+    """One paragraph that answers first: does the audio drive the motion in every arm (the
+    first metric's own value), and which differences from the reference are resolved."""
+    if not rows:
+        return "No arm finished: no verdict."
+    first = rows[0].metric
+    own = [r for r in rows if r.metric == first]
+    positive = [r for r in own if r.value.resolved and r.value.estimate > 0]
+    units = max((r.value.n for r in own), default=0)
+    seeds = max((r.seeds for r in own), default=0)
+    compared = [r for r in rows if r.difference is not None and r.difference.n >= 2]
+    resolved = [r for r in compared if r.difference.resolved]
+    text = (
+        f"**Answer** ({units} held-out speakers, {seeds} seeds): `{first}` is resolved above 0 in "
+        f"{len(positive)} of {len(own)} arms. Against **{reference}**, {len(resolved)} of "
+        f"{len(compared)} differences are resolved (about {0.05 * len(compared):.1f} would be by "
+        "chance alone)"
+    )
+    if resolved:
+        text += ": " + "; ".join(
+            f"{r.arm} on `{r.metric}` {r.difference.estimate:+.3f}" for r in resolved
+        )
+    return text + "."
+
+
 def verdict_markdown(rows: list[VerdictRow], reference: str, *, title: str = "") -> str:
-    """The verdict as Markdown: one table per metric."""
-    lines = [f"## {title}" if title else "## Verdict", ""]
+    """The verdict as Markdown: a headline, then one table per metric."""
+    lines = [f"## {title}" if title else "## Verdict", "", headline(rows, reference), ""]
     lines.append(
         f"Each arm against **{reference}**, paired by training seed and held-out speaker "
         "(same clips, same noise); 95 % intervals from a two-stage bootstrap over seeds and "
