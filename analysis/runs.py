@@ -52,7 +52,11 @@ ID_COLUMNS = (
     "wavelet",
     "data_kind",
 )
-CI_SUFFIXES = ("_ci_lo", "_ci_hi")
+CI_SUFFIXES = (
+    "_ci_lo",
+    "_ci_hi",
+    "_n",
+)  # companions of a metric: its interval and its number of units
 SEARCH_VARIANT = "search"  # the sweep driver's variant tag for trials of the search space
 # Metrics of the sweep parent run (counts, the best trial), not of a model.
 PARENT_METRIC_PREFIXES = ("trials/", "best/")

@@ -160,7 +160,17 @@ AE_ARGS = [
 
 @pytest.fixture(scope="module")
 def ae_run(data_root, tmp_path_factory):
-    cfg = compose([*FAST, f"data.root={data_root}", *AE_ARGS, "tracking.experiment=t-ae"])
+    # 8 speakers: val/mse is measured on held-out speakers, and one held-out face among three
+    # (FAST's 6 clips) can sit far from the two the autoencoder trained on
+    cfg = compose(
+        [
+            *FAST,
+            "data.synth.clips=16",
+            f"data.root={data_root}",
+            *AE_ARGS,
+            "tracking.experiment=t-ae",
+        ]
+    )
     out = tmp_path_factory.mktemp("ae") / "run"
     return cfg, train(cfg, out, progress=False)
 
@@ -171,7 +181,7 @@ def test_autoencoder_training_reduces_reconstruction_error(ae_run):
     assert result.final_loss < 0.6 * result.first_loss, (result.first_loss, result.final_loss)
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "val/mse")
     mse = {m.step: m.value for m in history}
-    assert mse[40] < 0.5 * mse[0], mse  # held-out frames, fixed batches
+    assert mse[40] < 0.5 * mse[0], mse  # held-out speakers, fixed batches
     assert not (result.out_dir / "samples").exists()  # nothing to sample
 
 

@@ -33,7 +33,7 @@ def test_grouped_folds_never_split_a_clip():
     for train, test in splits:
         assert not set(groups[train]) & set(groups[test])
     assert sorted(np.concatenate([test for _, test in splits]).tolist()) == list(range(len(groups)))
-    with pytest.raises(ProbeError, match="at least 2 clips"):
+    with pytest.raises(ProbeError, match="at least 2 speakers"):
         grouped_folds(np.array(["a"] * 10), folds=5)
 
 

@@ -61,7 +61,9 @@ def grouped_folds(groups: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.n
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise ProbeError(
-            f"probes need frames from at least 2 clips for grouped cross-validation, got {n_groups}"
+            f"probes need frames from at least 2 speakers for grouped cross-validation, got "
+            f"{n_groups}: hold out more speakers (data.val_fraction, more clips) or probe "
+            "another split (evaluate protocol probe_split)"
         )
     splitter = GroupKFold(n_splits=min(folds, n_groups))
     return list(splitter.split(np.zeros(len(groups)), groups=groups))
