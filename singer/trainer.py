@@ -814,15 +814,9 @@ class Trainer:
                         run.log_metrics(val_metrics, step=self.step)
                         bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{val_loss:.4f}")
                     if self.reporter is not None:
-                        self.reporter(
-                            self.step,
-                            {
-                                "val/loss": last_loss,
-                                "val/mse": last_loss,
-                                **val_metrics,
-                                "train/loss": last_loss,
-                            },
-                        )
+                        # Without validation batches there is no val/loss to report; the
+                        # training loss never stands in for it.
+                        self.reporter(self.step, {**val_metrics, "train/loss": last_loss})
                 if self.step % self.tc.ckpt_every == 0 or self.step == self.tc.steps:
                     self.save_checkpoint()
             bar.close()

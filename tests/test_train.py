@@ -210,6 +210,53 @@ def test_non_finite_loss_fails_the_run(data_root, tmp_path):
     assert run["status"] == "FAILED" and "NonFiniteLossError" in run["tags.error"]
 
 
+def test_training_loss_never_stands_in_for_val_loss(data_root, tmp_path):
+    """Validation without batches gives no val/loss: not to a sweep's pruner, not in the result
+    or MLflow, and a sweep objective on val/loss fails saying why."""
+    from singer.sweeps.trial import MissingMetricError, TrialJob
+    from singer.trainer import Trainer
+
+    cfg = compose(
+        overrides(
+            data_root,
+            "trainer.steps=2",
+            "trainer.val_every=1",
+            "trainer.val_batches=0",
+            "frontend=mel",
+            "tracking.experiment=t-noval",
+        )
+    )
+    reported = []
+    trainer = Trainer(
+        cfg, tmp_path / "run", reporter=lambda *report: reported.append(report), progress=False
+    )
+    result = trainer.fit()
+    assert [step for step, _ in reported] == [1, 2]
+    assert all(set(metrics) == {"train/loss"} for _, metrics in reported)
+    assert result.val_loss is None and result.initial_val_loss is None
+    assert not [k for k in result.metrics if "val" in k]
+    assert not [k for k in mlflow.get_run(result.run_id).data.metrics if "val" in k]
+
+    job = TrialJob(
+        study_name="noval",
+        storage="unused",
+        trial_id=0,
+        trial_number=0,
+        seed=0,
+        overrides=[],
+        out_dir=str(tmp_path / "run"),
+        metrics=["val/loss"],
+        report_metric="val/loss",
+        pruner={},
+        sampler={},
+        tracking_uri=None,
+        experiment="t-noval",
+    )
+    with pytest.raises(MissingMetricError, match="validation had no batches") as info:
+        job._objective_values(result)
+    assert "train/loss" in str(info.value)  # what the trial did produce
+
+
 def _write_wav(path: Path, seconds: float, sr: int, channels: int) -> None:
     t = np.arange(int(seconds * sr)) / sr
     tone = 0.3 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) / 2

@@ -269,9 +269,14 @@ class TrialJob(CheckpointableJob):
             )
             missing = [m for m in self.metrics if m not in available]
         if missing:
+            hint = ""
+            if any(m.startswith("val/") for m in missing) and result.val_loss is None:
+                hint = (
+                    " (validation had no batches: the val split is empty or trainer.val_batches=0)"
+                )
             raise MissingMetricError(
-                f"the trial produced no value for objective metric(s) {missing}; it produced: "
-                f"{', '.join(sorted(available)) or 'nothing'}"
+                f"the trial produced no value for objective metric(s) {missing}{hint}; it "
+                f"produced: {', '.join(sorted(available)) or 'nothing'}"
             )
         return {m: available[m] for m in self.metrics}
 
