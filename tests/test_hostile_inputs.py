@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import struct
 import subprocess
@@ -489,8 +490,16 @@ def test_generate_refuses_bad_settings_and_bad_checkpoints_in_one_line(tmp_path,
     empty = tmp_path / "empty.pt"
     empty.touch()
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(os.urandom(2048))
+    garbage.write_bytes(random.Random(0).randbytes(2048))
     common = ["--image", str(face), "--audio", str(song), "--out", str(tmp_path / "o.mp4")]
+    # arbitrary bytes reach different corners of the weights-only unpickler (IndexError,
+    # KeyError, UnpicklingError, ...): every one is the same one-line error
+    for seed in range(1, 25):
+        other = tmp_path / f"garbage{seed}.pt"
+        other.write_bytes(random.Random(seed).randbytes(2048))
+        code, err = generate("--checkpoint", str(other), *common, capsys=capsys)
+        assert code == 2, err
+        assert_one_line_error(err, "cannot load checkpoint")
     for args, text in [
         (["--checkpoint", str(empty)], "empty file"),
         (["--checkpoint", str(garbage)], "cannot load checkpoint"),
