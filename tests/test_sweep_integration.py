@@ -313,9 +313,15 @@ def test_preempted_trial_requeues_and_ends_as_if_uninterrupted(slurm_cluster, tm
             "the trial to save a checkpoint past step 4",
         )
         record = _job_record(out_dir, "0-seed0")
-        import submitit
-
-        submitit.SlurmJob(record["folder"], record["job_id"])._interrupt()  # SIGTERM, then USR2
+        # Preemption as SLURM does it: SIGTERM to the job's processes, then, after a grace time,
+        # the USR2 signal submitit asked for. (submitit's _interrupt() sends both at once, and
+        # slurmd can then deliver SIGTERM after USR2 and kill the `scontrol requeue` that USR2's
+        # handler has started.)
+        for signal_name in ("SIGTERM", "USR2"):
+            subprocess.run(
+                ["scancel", record["job_id"], "--signal", signal_name], check=True, timeout=30
+            )
+            time.sleep(1.0)
         assert _finish(driver, out_dir) == 0, out_dir.with_suffix(".log").read_text()[-4000:]
     finally:
         _stop(driver)
