@@ -107,7 +107,11 @@ def test_preempted_checkpointable_job_requeues_and_resumes(slurm_cluster, tmp_pa
         return state.exists() and json.loads(state.read_text())["i"] >= 3
 
     _wait_for(progressed, 60, "the job to make progress")
-    job._interrupt()  # preemption, as SLURM does it: SIGTERM, then USR2 to the job's tasks
+    # Preemption as SLURM does it: SIGTERM, then after a grace time USR2 to the job's tasks (sent
+    # at once, as job._interrupt() does, SIGTERM can arrive after USR2 and kill the requeue)
+    for signal_name in ("SIGTERM", "USR2"):
+        subprocess.run(["scancel", job.job_id, "--signal", signal_name], check=True, timeout=30)
+        time.sleep(1.0)
 
     counts = launch.wait([job], poll_s=0.5, timeout_s=90)
     assert counts["done"] == 1, job.stderr()
