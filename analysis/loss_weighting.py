@@ -49,13 +49,13 @@ def train_one(overrides: list[str], out: Path, weighting: str):
 def measure(cfg, checkpoint: Path, seed: int) -> dict[str, float]:
     """Unweighted v-MSE at each of ``TIMESTEPS`` and the x0 error at t = T−1, held-out windows."""
     from singer.inference import load_model
-    from singer.trainer import _resize_batch, build_datasets
+    from singer.data.batches import build_datasets, resize_batch
 
     loaded = load_model(checkpoint, device="cpu")
     model = loaded.model.eval()
     _, val, _ = build_datasets(cfg)
     items = [val[i] for i in range(min(len(val), 8))]
-    batch = _resize_batch(torch.utils.data.default_collate(items), cfg.trainer.size)
+    batch = resize_batch(torch.utils.data.default_collate(items), cfg.trainer.size)
     x0 = model.codec.encode(batch["video"])
     ref = model.codec.encode_frames(batch["ref"])
     motion = model._motion(batch["motion"])

@@ -54,7 +54,7 @@ def setup(args: argparse.Namespace) -> torch.device:
 
 
 def resolve_device(name: str) -> torch.device:
-    from singer.trainer import resolve_device as trainer_device
+    from singer.acceleration import resolve_device as trainer_device
 
     try:
         return trainer_device(name)

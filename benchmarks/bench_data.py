@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from torch.utils.data import DataLoader
 
-    from singer.trainer import BatchStream, Trainer, build_datasets
+    from singer.data.batches import BatchStream, build_datasets, resize_batch, to_device
+    from singer.trainer import Trainer
 
     overrides = [
         "trainer=cpu_tiny",
@@ -137,9 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, out_dir, progress=False)
         trainer._setup()
         trainer.model.train()
-        from singer.trainer import _resize_batch, _to_device
 
-        batch = _to_device(_resize_batch(first, args.size), device)
+        batch = to_device(resize_batch(first, args.size), device)
 
         def load():
             for _ in range(args.batches):

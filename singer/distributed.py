@@ -5,8 +5,9 @@ One process per device. Where the ranks come from:
 - ``torchrun --nproc_per_node=N -m singer.train ...`` (or any launcher that sets the
   ``env://`` variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``);
 - a submitit job with several tasks (a SLURM profile with ``tasks_per_node: 8``, or the
-  ``local`` executor with ``tasks_per_node``): :func:`singer.launch.export_torch_distributed_env`
-  turns submitit's job environment into the same variables;
+  ``local`` executor with ``tasks_per_node``): the entry points (``singer.train``, the sweep
+  trial and ``singer.launch.TrainJob``) call :func:`singer.launch.export_torch_distributed_env`,
+  which turns submitit's job environment into the same variables;
 - neither: one process, world size 1, and nothing here does anything.
 
 Launching (give ``out_dir``: every rank must write to, and resume from, the same folder)::
@@ -61,7 +62,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    source: str = "single"  # single | env (torchrun or equivalent) | submitit
+    source: str = "single"  # single | env (torchrun or equivalent) | submitit (in a submitit job)
 
     @property
     def enabled(self) -> bool:
@@ -78,20 +79,15 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> DistEnv:
-    """Read the rank and world size from the environment; never initialises anything.
+    """Read the rank and world size from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun's
+    ``env://`` variables); never initialises or sets anything.
 
-    ``RANK``/``WORLD_SIZE`` (torchrun) win; otherwise, inside a multi-task submitit job, the
-    variables are exported from submitit's job environment first. Reading the real
-    environment (``environ=None``) may therefore set ``MASTER_ADDR`` and friends.
+    Inside a multi-task submitit job the entry point exports those variables from submitit's
+    job environment first (:func:`singer.launch.export_torch_distributed_env`), as dinov2's
+    ``run/`` does; this module only reads them.
     """
     env = os.environ if environ is None else environ
-    source = "env"
-    if environ is None and not ("RANK" in env and "WORLD_SIZE" in env):
-        if "SUBMITIT_EXECUTOR" in env or "SUBMITIT_DEBUG_JOB_ID" in env:
-            from singer.launch import export_torch_distributed_env
-
-            if export_torch_distributed_env():
-                source = "submitit"
+    source = "submitit" if "SUBMITIT_EXECUTOR" in env or "SUBMITIT_DEBUG_JOB_ID" in env else "env"
     if "RANK" not in env or "WORLD_SIZE" not in env:
         return DistEnv()
     try:

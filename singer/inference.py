@@ -15,11 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset, default_collate
+from tqdm.auto import tqdm
 
 from singer.cli import UserError
 from singer.config import SEED_MAX, validate
 from singer.models.spec import Conditions, ModelSpec, get_model_spec
-from singer.trainer import CHECKPOINT_NAME, resolve_device
+from singer.acceleration import resolve_device
+from singer.data.batches import resize_batch, to_device
+from singer.data.media import Mp4Writer, fit_length, write_mp4
+from singer.train_state import CHECKPOINT_NAME
 
 
 class CheckpointError(UserError):
@@ -120,7 +125,7 @@ def load_model(
 
 def square_face(image: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop an H×W×3 uint8 image to a square and resize it to size×size."""
-    import cv2
+    import cv2  # lazy: start-up time (0.3 s); training imports this module and never crops
 
     h, w = image.shape[:2]
     side = min(h, w)
@@ -181,8 +186,6 @@ def generate_clips(
     motion frames of the previous one (the first clip sees the reference frame repeated, as
     in training). Only the current clip and its motion frames are held.
     """
-    from tqdm.auto import tqdm
-
     cfg, dev = loaded.cfg, loaded.device
     if loaded.spec.sample is None:
         raise GenerationError(
@@ -271,8 +274,6 @@ def write_video(
     Each clip is encoded as soon as it is sampled. The file is ``<out>.part`` until the end;
     if generation fails, the part file keeps every clip encoded so far and ``out`` is untouched.
     """
-    from singer.data.media import Mp4Writer, fit_length
-
     check_sampling(steps, guidance_scale, seed)
     total = planned_frames(loaded, len(audio))
     sound = audio if soundtrack is None else soundtrack
@@ -290,3 +291,30 @@ def write_video(
             writer.write(frames)
         writer.set_audio(wave)
     return writer.frames_written
+
+
+def sample_video(
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    dataset: Dataset,
+    path: Path,
+    cfg: DictConfig,
+    device: torch.device,
+) -> Path | None:
+    """The trainer's sample: generate the first item of ``dataset`` from fixed noise
+    (``seed + 777``) and write it beside its ground truth, with its sound, to the mp4 ``path``.
+    None for an empty dataset."""
+    if len(dataset) == 0:
+        return None
+    batch = to_device(resize_batch(default_collate([dataset[0]]), cfg.trainer.size), device)
+    generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    video = spec.sample(
+        model,
+        Conditions.from_batch(batch, device=device),
+        steps=cfg.trainer.sample_steps,
+        guidance_scale=cfg.model.sample.guidance_scale,
+        generator=generator.manual_seed(cfg.seed + 777),
+    )
+    side_by_side = torch.cat([video[0], batch["video"][0]], dim=-1)  # 3×F×H×2W
+    audio = batch["audio"][0].float().cpu().numpy()
+    return write_mp4(path, to_uint8_frames(side_by_side), cfg.data.fps, audio, cfg.data.sample_rate)

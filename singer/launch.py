@@ -18,15 +18,20 @@ Jobs that must survive preemption or a time limit subclass :class:`Checkpointabl
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from dataclasses import field
 from typing import Any
 
 import submitit
 import yaml
+
+from singer import schema
+from singer.schema import Rule, rule
 
 REPO_PROFILES = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
 PROFILES_ENV = "SINGER_SLURM_PROFILES"
@@ -78,9 +83,17 @@ class LaunchError(ValueError):
     """A launcher spec or executor request cannot be honoured."""
 
 
+# A one-line value: the sbatch script and its setup lines are written line by line.
+_ONE_LINE = re.compile(r"[^\n\r]*\Z")
+
+
+def _one_line(what: str) -> dict:
+    return rule(pattern=_ONE_LINE, nonempty=True, what=what)
+
+
 @dataclasses.dataclass(frozen=True)
-class SlurmProfile:
-    """One cluster's sbatch settings, read from ``slurm/profiles/<name>.yaml``.
+class ProfileSettings:
+    """The keys of a profile file (``slurm/profiles/<name>.yaml``), their types and defaults.
 
     ``time_min`` is the longest time limit a job may request with this profile (usually
     the partition's limit); each job asks for its own ``timeout_min`` up to that.
@@ -89,110 +102,42 @@ class SlurmProfile:
     ``None`` means "the cluster's default" (no sbatch option is written).
     """
 
-    name: str
-    path: Path
-    description: str = ""
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    nodes: int = 1
-    gpus_per_node: int = 0
-    tasks_per_node: int = 1
-    cpus_per_task: int = 1
-    mem_gb: float | None = None
-    time_min: int = 60
-    constraint: str | None = None
-    array_parallelism: int | None = None
-    setup: tuple[str, ...] = ()
-    max_requeue: int = 3
-    signal_delay_s: int = 90
-    additional: dict[str, str | int | bool] = dataclasses.field(default_factory=dict)
+    description: str | None = ""
+    partition: str | None = field(default=None, metadata=_one_line("a one-line string"))
+    account: str | None = field(default=None, metadata=_one_line("a one-line string"))
+    qos: str | None = field(default=None, metadata=_one_line("a one-line string"))
+    nodes: int = field(default=1, metadata=rule(ge=1))
+    gpus_per_node: int = field(default=0, metadata=rule(ge=0))
+    tasks_per_node: int = field(default=1, metadata=rule(ge=1))
+    cpus_per_task: int = field(default=1, metadata=rule(ge=1))
+    mem_gb: float | None = field(default=None, metadata=rule(gt=0))
+    time_min: int = field(default=60, metadata=rule(ge=1, what="an integer >= 1 (minutes)"))
+    constraint: str | None = field(default=None, metadata=_one_line("a one-line string"))
+    array_parallelism: int | None = field(default=None, metadata=rule(ge=1))
+    setup: list[str] | None = field(
+        default=(),
+        metadata=rule(item=Rule(pattern=_ONE_LINE), what="a list of one-line shell strings"),
+    )
+    max_requeue: int = field(default=3, metadata=rule(ge=0))
+    signal_delay_s: int = field(default=90, metadata=rule(ge=0, what="an integer >= 0 (seconds)"))
+    # Checked against ADDITIONAL_ALLOWED by _check_additional (a domain rule, not a type).
+    additional: dict[str, Any] | None = field(
+        default_factory=dict, metadata=rule(what="a mapping of sbatch options")
+    )
 
 
-# key -> (what is allowed, checker returning the cleaned value or raising ValueError)
-def _opt_str(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or "\n" in value or "\r" in value:
-        raise ValueError
-    return value.strip()
+@dataclasses.dataclass(frozen=True)
+class SlurmProfile(ProfileSettings):
+    """One cluster's sbatch settings: a profile file's :class:`ProfileSettings`, and its name
+    and path."""
+
+    name: str = ""
+    path: Path = Path()
 
 
-def _is_int_at_least(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _int_at_least(low: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if not _is_int_at_least(value, low):
-            raise ValueError
-        return value
-
-    return check
-
-
-def _opt_int_at_least(low: int) -> Callable[[Any], int | None]:
-    check = _int_at_least(low)
-    return lambda value: None if value is None else check(value)
-
-
-def _opt_positive_number(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError
-    return value
-
-
-def _str_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValueError
-    return value.strip()
-
-
-def _setup_lines(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ValueError
-    lines = []
-    for line in value:
-        if not isinstance(line, str) or "\n" in line or "\r" in line:
-            raise ValueError
-        lines.append(line)
-    return tuple(lines)
-
-
-_SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "description": ("a string", _str_text),
-    "partition": ("a one-line string or null", _opt_str),
-    "account": ("a one-line string or null", _opt_str),
-    "qos": ("a one-line string or null", _opt_str),
-    "nodes": ("an integer >= 1", _int_at_least(1)),
-    "gpus_per_node": ("an integer >= 0", _int_at_least(0)),
-    "tasks_per_node": ("an integer >= 1", _int_at_least(1)),
-    "cpus_per_task": ("an integer >= 1", _int_at_least(1)),
-    "mem_gb": ("a number > 0 or null", _opt_positive_number),
-    "time_min": ("an integer >= 1 (minutes)", _int_at_least(1)),
-    "constraint": ("a one-line string or null", _opt_str),
-    "array_parallelism": ("an integer >= 1 or null", _opt_int_at_least(1)),
-    "setup": ("a list of one-line shell strings", _setup_lines),
-    "max_requeue": ("an integer >= 0", _int_at_least(0)),
-    "signal_delay_s": ("an integer >= 0 (seconds)", _int_at_least(0)),
-    "additional": ("a mapping of sbatch options (see below)", lambda v: v),
-}
-
-
-def _check_additional(path: Path, value: Any) -> dict[str, str | int | bool]:
-    if value is None:
-        return {}
+def _check_additional(path: Path, value: dict[str, Any]) -> dict[str, str | int | bool]:
+    """The ``additional`` sbatch options of a profile, each allowed and of a usable value."""
     allowed = ", ".join(sorted(ADDITIONAL_ALLOWED))
-    if not isinstance(value, dict):
-        raise ProfileError(
-            f"{path}: key 'additional': must be a mapping of sbatch options; allowed options: {allowed}"
-        )
     out: dict[str, str | int | bool] = {}
     for raw_key, item in value.items():
         key = str(raw_key).replace("-", "_")
@@ -251,22 +196,23 @@ def load_profile(name: str) -> SlurmProfile:
         data = {}
     if not isinstance(data, dict):
         raise ProfileError(
-            f"{path}: must be a YAML mapping of profile keys; allowed keys: {', '.join(_SCHEMA)}"
+            f"{path}: must be a YAML mapping of profile keys; allowed keys: "
+            + ", ".join(f.name for f in dataclasses.fields(ProfileSettings))
         )
 
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in _SCHEMA:
-            raise ProfileError(f"{path}: unknown key {key!r}; allowed keys: {', '.join(_SCHEMA)}")
-        allowed, check = _SCHEMA[key]
-        if key == "additional":
-            values[key] = _check_additional(path, value)
-            continue
-        try:
-            values[key] = check(value)
-        except ValueError:
-            raise ProfileError(f"{path}: key {key!r}: got {value!r}; allowed: {allowed}") from None
-    return SlurmProfile(name=name, path=path, **values)
+    try:
+        settings = schema.parse(ProfileSettings, data)
+    except schema.SchemaError as err:
+        raise ProfileError(f"{path}: {err}") from None
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(ProfileSettings)}
+    values.update(
+        setup=tuple(settings.setup), additional=_check_additional(path, settings.additional)
+    )
+    return SlurmProfile(**values, name=name, path=path)
+
+
+def _is_int_at_least(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def parse_launcher(spec: str) -> tuple[str, str | None]:
@@ -456,11 +402,11 @@ class TrainJob(CheckpointableJob):
         )
 
     def __call__(self) -> dict | None:
-        import json
-
+        # lazy: start-up time; submitting needs neither torch nor the trainer, the job does
         from singer.config import compose
         from singer.trainer import Trainer
 
+        export_torch_distributed_env()  # a multi-task job trains one DDP run
         cfg = compose([*self.overrides, *(["trainer.resume=true"] if self.resume else [])])
         trainer = Trainer(cfg, self.out_dir, progress=False)
         trainer.fit()
@@ -611,6 +557,7 @@ def register_hydra_launchers() -> list[str]:
     the profile says; any ``hydra.launcher.<key>=...`` override still wins. A profile that does
     not load is left out here (``load_profile`` explains why when it is used by name).
     """
+    # lazy: start-up time; only singer.train, which runs Hydra anyway, registers launchers
     from hydra.core.config_store import ConfigStore
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 

@@ -1,4 +1,5 @@
-"""Dataclass schemas for the harness's own file formats (sweep files, the evaluation protocol).
+"""Dataclass schemas for the harness's own file formats (sweep files, SLURM profiles, the
+evaluation protocol).
 
 A format is a dataclass: its fields are the keys, their annotations the types, their defaults
 what an absent key means (a field without a default is required), and ``field(metadata=rule(...))``
@@ -57,6 +58,7 @@ class Rule:
     """What a field's value must satisfy beyond its type, and how an error names it.
 
     ge:        smallest allowed number (inclusive).
+    gt:        the number a value must exceed.
     pattern:   a regular expression a string must match.
     what:      the allowed value in words, in place of the one derived from the type.
     nonempty:  a list or mapping must hold an item; a string must not be blank.
@@ -66,6 +68,7 @@ class Rule:
     """
 
     ge: float | None = None
+    gt: float | None = None
     pattern: re.Pattern | None = None
     what: str | None = None
     nonempty: bool = False
@@ -128,7 +131,7 @@ def describe(annotation: Any, r: Rule | None = None) -> str:
     elif inner is int:
         text = "an integer" + (f" >= {r.ge:g}" if r.ge is not None else "")
     elif inner is float:
-        text = "a finite number"
+        text = "a finite number" if r.gt is None else f"a number > {r.gt:g}"
     elif inner is str:
         text = "a string"
     elif inner is bool:
@@ -193,7 +196,7 @@ def _fits(value: Any, inner: Any, r: Rule) -> bool:
         kinds = int if inner is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
             return False
-        return r.ge is None or value >= r.ge
+        return (r.ge is None or value >= r.ge) and (r.gt is None or value > r.gt)
     if inner is str:
         if not isinstance(value, str) or (r.nonempty and not value.strip()):
             return False

@@ -15,11 +15,14 @@ import platform
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from singer.config import flatten, loggable_container
 
 TRACKED_PACKAGES = (
     "torch",
@@ -216,6 +219,65 @@ def resume_run(run_id: str, uri: str | None = None) -> Run:
     run = Run(run_id, uri)
     run.mark_running()
     return run
+
+
+class NoRun:
+    """Stands in for a :class:`Run` where nothing is logged (DDP ranks other than 0): every
+    call does nothing."""
+
+    run_id = None
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def training_run_tags(cfg) -> dict[str, str]:
+    """A training run's tags: the model and its components by name, plus ``tracking.tags``."""
+    tags = {"model": cfg.model.name, "trainer": cfg.trainer.get("name", "")}
+    for group in ("frontend", "backbone", "codec"):
+        if group in cfg and cfg[group] is not None:
+            tags[group] = cfg[group].name
+    if "backbone" in cfg and "bottleneck_filter" in cfg.backbone:
+        tags["bottleneck_filter"] = cfg.backbone.bottleneck_filter
+    tags.update({k: str(v) for k, v in (cfg.tracking.get("tags") or {}).items()})
+    return tags
+
+
+def open_training_run(
+    cfg, out_dir: Path, run_id: str | None, params: Mapping[str, Any] | None = None
+) -> Run:
+    """The run ``run_id`` continued (a resumed training), or a new one for the composed config
+    ``cfg``: the config as params and ``config.json``, ``params`` besides, and the out dir."""
+    tc = cfg.tracking
+    if run_id:
+        return resume_run(run_id, tc.uri)
+    run = start_run(
+        tc.experiment,
+        run_name=tc.run_name or out_dir.name,
+        tags=training_run_tags(cfg),
+        parent_run_id=tc.get("parent_run_id"),
+        uri=tc.uri,
+    )
+    run.log_params(flatten(loggable_container(cfg)))  # env-read values stay unresolved
+    run.log_params(dict(params or {}))
+    run.log_dict(loggable_container(cfg), "config.json")
+    run.set_tags({"out_dir": str(out_dir.resolve())})
+    return run
+
+
+def end_failed_run(run_id: str, uri: str | None, err: BaseException) -> None:
+    """End a run still RUNNING as FAILED (KILLED on Ctrl-C), tagged with ``err``. A failure to
+    reach the store is a warning: the original error matters more."""
+    try:
+        run = Run(run_id, uri)
+        if run.info.status != "RUNNING":  # ended already
+            return
+        run.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+        run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+    except Exception as tracking_err:
+        warnings.warn(
+            f"could not end MLflow run {run_id}: {tracking_err}", RuntimeWarning, stacklevel=2
+        )
 
 
 def search_runs(experiment: str, uri: str | None = None, filter_string: str = ""):

@@ -29,7 +29,7 @@ from singer.config import (
     name_model,
     validate,
 )
-from singer.launch import register_hydra_launchers
+from singer.launch import export_torch_distributed_env, register_hydra_launchers
 from singer.trainer import train
 
 register_hydra_launchers()  # hydra/launcher=slurm_<profile> for every slurm/profiles/<profile>.yaml
@@ -51,6 +51,8 @@ class PrepareTrackingStore(Callback):
 
 @hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base="1.3")
 def _task(cfg: DictConfig) -> float | None:
+    # Under a submitit launcher with several tasks, the tasks join one DDP run.
+    export_torch_distributed_env()
     with cli.user_errors():
         name_model(cfg, HydraConfig.get().runtime.choices.get("model"))
         validate(cfg)

@@ -37,7 +37,7 @@ def _few_threads():
 def data_root(tmp_path_factory):
     """One tiny SynthSing set for the module, generated here so parallel jobs do not wait on it."""
     from singer.config import compose
-    from singer.trainer import build_datasets
+    from singer.data.batches import build_datasets
 
     root = tmp_path_factory.mktemp("synthsing")
     build_datasets(compose([*FAST, f"data.root={root}"]))

@@ -199,7 +199,7 @@ def test_trained_autoencoder_loads_as_frozen_codec(ae_run, data_root):
         CODECS.build("tiny_ae", checkpoint=str(result.out_dir), latent_channels=8)
 
     # on the training data, latents are roughly standardised and decode back to the frames
-    from singer.trainer import build_datasets
+    from singer.data.batches import build_datasets
 
     train_set, _, _ = build_datasets(cfg)
     x = torch.stack([train_set[i]["video"] for i in range(4)])

@@ -16,7 +16,7 @@ import torch
 
 import tiny
 from singer import distributed
-from singer.trainer import BatchStream
+from singer.data.batches import BatchStream
 
 # A very small SINGER: the point is the distributed code path, not the model.
 TINY = [
@@ -118,7 +118,7 @@ def test_two_cpu_ranks_train_to_identical_weights_and_only_rank0_writes(tmp_path
 
     data_root = tmp_path / "data"
     from singer.config import compose
-    from singer.trainer import build_datasets
+    from singer.data.batches import build_datasets
 
     build_datasets(
         compose([*TINY, f"data.root={data_root}"])
@@ -208,7 +208,8 @@ def _worker(out_dir: str, report_dir: str, overrides: list[str]) -> None:
 
     from singer import tracking
     from singer.config import compose
-    from singer.trainer import Trainer, build_datasets
+    from singer.data.batches import build_datasets
+    from singer.trainer import Trainer
 
     rank = int(os.environ["RANK"])
     writes: list[str] = []

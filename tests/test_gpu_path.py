@@ -15,7 +15,8 @@ import torch
 
 import tiny
 from singer.config import compose
-from singer.trainer import Trainer, enable_grad_checkpointing, sdpa_context
+from singer.acceleration import enable_grad_checkpointing, sdpa_context
+from singer.trainer import Trainer
 
 TINY = [
     tiny.TINY,

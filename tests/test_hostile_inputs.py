@@ -365,13 +365,13 @@ def test_environment_values_never_reach_mlflow(data_root, tmp_path, monkeypatch)
 
 
 def test_a_run_that_fails_before_its_loop_ends_failed(data_root, tmp_path, monkeypatch):
-    import singer.trainer
+    import singer.data.batches
     from singer.trainer import train
 
     def broken(*args, **kwargs):
         raise RuntimeError("the data loader broke")
 
-    monkeypatch.setattr(singer.trainer, "BatchStream", broken)
+    monkeypatch.setattr(singer.data.batches, "BatchStream", broken)
     cfg = compose([*FAST, f"data.root={data_root}", "tracking.experiment=t-early"])
     with pytest.raises(RuntimeError, match="data loader broke"):
         train(cfg, tmp_path / "run", progress=False)

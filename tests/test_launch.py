@@ -125,7 +125,7 @@ def test_profile_from_env_folder_wins(profile_dir):
     [
         (
             "partition: gpu\ngpus: 2\n",
-            ["unknown key 'gpus'", "allowed keys: description, partition"],
+            ["key 'gpus': unknown key", "allowed: description, partition"],
         ),
         ("gpus_per_node: two\n", ["key 'gpus_per_node': got 'two'", "allowed: an integer >= 0"]),
         ("time_min: 0\n", ["key 'time_min': got 0", "allowed: an integer >= 1 (minutes)"]),

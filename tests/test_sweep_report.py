@@ -67,7 +67,7 @@ def sweep_file(tmp_path, data_root, **fields):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     from singer.config import compose
-    from singer.trainer import data_cache
+    from singer.data.cache import data_cache
 
     root = tmp_path_factory.mktemp("proxy-synthsing")
     data_cache(compose([*PROXY, f"data.root={root}"]), progress=False)

@@ -375,7 +375,7 @@ def test_generate_reports_unreadable_inputs(data_root, tmp_path):
 def test_weight_decay_spares_gains_norms_biases_and_null_tokens():
     """AdamW decay would pull the MSM/SFM gains (identity = 1) towards 0 even with no gradient."""
     from singer.models.spec import get_model_spec
-    from singer.trainer import parameter_groups
+    from singer.optim import parameter_groups
 
     cfg = compose(["trainer=cpu_tiny", "frontend=msm", "backbone.channels=[8,16,32]"])
     model = get_model_spec("singer").build(cfg)

@@ -35,7 +35,7 @@ def synthsing_dir(
     vmr_db: float = 0.0,
     music_style: str = "mixed",
 ) -> Path:
-    from singer.data.synth import SYNTH_VERSION
+    from singer.data.synth import SYNTH_VERSION  # lazy: scipy; the sweep CLI reads this module
 
     # The generator version is part of the name: a cache of an older SynthSing is never reused.
     name = f"{kind}-n{clips}-seed{seed}-{size}px-{seconds:g}s-v{SYNTH_VERSION}"
@@ -89,6 +89,8 @@ def ensure_synthsing(
     on the soundtracks when they are prepared. Both are part of the folder names, so datasets
     and caches of different settings never mix.
     """
+    # lazy: scipy and the video tools, needed only when the cache is missing; the sweep CLI
+    # imports this module and starts without them
     from singer.data.prepare import prepare_folder
     from singer.data.synth import generate_dataset
 
@@ -145,3 +147,26 @@ def ensure_synthsing(
             )
             prepared.write_text(json.dumps(report.get("counts", {})))
     return cache
+
+
+def data_cache(cfg, *, workers: int = 1, progress: bool = True) -> Path:
+    """The prepared clip cache of a composed config: ``data.cache_dir``, or SynthSing generated
+    and prepared on first use (``workers`` processes generate it)."""
+    data = cfg.data
+    if data.get("cache_dir"):
+        return Path(data.cache_dir)
+    synth = data.synth
+    return ensure_synthsing(
+        data.root,
+        clips=synth.clips,
+        seconds=synth.seconds,
+        kind=synth.kind,
+        seed=synth.seed,
+        size=synth.size,
+        fps=data.fps,
+        sample_rate=data.sample_rate,
+        clip_size=cfg.trainer.size,
+        workers=workers,
+        progress=progress,
+        **separation_options(data),
+    )
