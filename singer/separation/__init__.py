@@ -15,11 +15,13 @@ Importing this package registers every separator module in it in
 from singer.registry import import_submodules
 from singer.separation.base import (
     Separator,
+    add_separator_arguments,
     cache_separator,
     check_separator,
     load_separator,
     parse_separator_args,
     separate,
+    separator_from_command_line,
     separator_spec,
 )
 
@@ -28,10 +30,12 @@ import_submodules(__name__, __path__, skip=("measure", "train"))
 
 __all__ = [
     "Separator",
+    "add_separator_arguments",
     "cache_separator",
     "check_separator",
     "load_separator",
     "parse_separator_args",
     "separate",
+    "separator_from_command_line",
     "separator_spec",
 ]

@@ -16,6 +16,7 @@ plain options (``{"checkpoint": "...", "sha256": "..."}``); no option is ever an
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from singer.cli import UserError
 from singer.registry import SEPARATORS
 
 SAMPLE_RATE = 16000
@@ -192,6 +194,43 @@ def check_separator(name: str, items: Iterable[str] | None = None) -> dict[str, 
     else:
         load_separator(name, args)
     return args
+
+
+class SeparatorOptionError(UserError, ValueError):
+    """``--separate`` / ``--separator-arg`` that name no usable separator."""
+
+
+def add_separator_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--separate NAME`` and ``--separator-arg KEY=VALUE`` (repeatable) on a command's
+    parser; ``what`` says what the separated voice is used for."""
+    parser.add_argument(
+        "--separate",
+        default="none",
+        metavar="NAME",
+        help=f"vocal separator run on {what} (python -m singer.registry separator)",
+    )
+    parser.add_argument(
+        "--separator-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the separator, e.g. checkpoint=/weights/hdemucs_high.pt (repeatable)",
+    )
+
+
+def separator_from_command_line(name: str, items: Iterable[str] | None) -> dict[str, Any] | None:
+    """The checked options of ``--separate name --separator-arg ...``, or None when no
+    separator was asked for. An unknown name, a bad option or a missing weight file is one
+    :class:`SeparatorOptionError` before any work (:func:`check_separator`)."""
+    if name == "none" and not items:
+        return None
+    try:
+        return check_separator(name, items)
+    except (KeyError, ValueError, OSError) as err:
+        raise SeparatorOptionError(
+            f"--separate {name}: {err}",
+            "see python -m singer.registry separator and the README (singing over music)",
+        ) from err
 
 
 def separate(
