@@ -1,4 +1,10 @@
-"""What a sweep ends with when its file has a ``compare`` section: a verdict, plots and videos.
+"""What a sweep ends with: its trials table and summary, and a verdict when it compares.
+
+Every sweep ends with ``trials.csv`` and ``trials.md`` (one row per trial: params, state, the
+objective and each seed's value, MLflow runs, why it failed), logged to the MLflow parent run
+with the best trial (or the Pareto front), and a summary on the console.
+
+A sweep whose file has a ``compare`` section also ends with:
 
 - **The verdict.** For every configuration (arm) and every compared metric (e.g.
   ``audio_effect/mouth_open``, per held-out speaker, from each trial's evaluation), the arm's
@@ -16,13 +22,22 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
+from singer.evaluation import evaluate_checkpoint, load_protocol
 from singer.evaluation.units import Interval, paired_difference
+from singer.sweeps.jobs import failure_reason
+from singer.sweeps.spec import VARIANT_PARAM, SweepSpec
+from singer.sweeps.state import SweepState, trial_seed_dir
+from singer.sweeps.study import SweepStudy
 
 REPORT_DIR = "report"
 
@@ -175,6 +190,7 @@ def plot_against_params(
     """Each metric (one panel): every arm's paired difference from the reference against param
     ``x`` (one line per ``hue``), with its interval; 0 = no difference. The reference's own
     value is in the panel title."""
+    # Imported here for start-up time: matplotlib takes seconds, and only a compared sweep plots.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,6 +246,7 @@ def plot_against_params(
 
 def plot_arms(rows: list[VerdictRow], path: Path) -> Path:
     """Without ``compare.plot``: each metric as bars over the arms, with intervals."""
+    # Imported here for start-up time: matplotlib takes seconds, and only a compared sweep plots.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,8 +276,6 @@ def plot_arms(rows: list[VerdictRow], path: Path) -> Path:
 def _bands_for(arm: Arm, evaluate: dict, out_dir: Path) -> Path | None:
     """The band ablation of an arm's first-seed checkpoint (no audio controls: only the bands
     are wanted here); returns the heatmap PNG."""
-    from singer.evaluation import evaluate_checkpoint, load_protocol
-
     seed = min(arm.trial_dirs)
     protocol = load_protocol(overrides=[*evaluate["protocol"], "controls=[]"])
     result = evaluate_checkpoint(
@@ -281,6 +296,50 @@ def _sample(arm: Arm) -> Path | None:
     seed = min(arm.trial_dirs)
     found = sorted((arm.trial_dirs[seed] / "samples").glob("*.mp4"))
     return found[-1] if found else None
+
+
+# -- a sweep that compares: the report ------------------------------------------------------
+def compare_report(spec: SweepSpec, study: SweepStudy, parent, out_dir: Path, log) -> dict | None:
+    """The ``compare`` section's verdict, plots and videos (None for a sweep without one).
+
+    Nothing here can fail the sweep: a problem is logged (None) and the trials table stands.
+    """
+    if spec.compare is None:
+        return None
+    try:
+        return build_report(
+            arms=completed_arms(spec, study.trials(), out_dir),
+            compare=spec.compare,
+            evaluate=spec.evaluate,
+            best=best_trials(spec, study),
+            out_dir=out_dir / REPORT_DIR,
+            parent=parent,
+            title=f"{spec.name}: {spec.description or 'verdict'}",
+            log=log,
+        )
+    except Exception as err:  # noqa: BLE001 - the sweep itself finished
+        log(f"[yellow]could not build the report: {escape(failure_reason(err))}[/]")
+        return None
+
+
+def completed_arms(spec: SweepSpec, trials: list, out_dir: Path) -> list[Arm]:
+    """One arm per completed trial, with each seed's evaluation."""
+    found = []
+    for t in trials:
+        if t.state.name != "COMPLETE":
+            continue
+        params = {k: v for k, v in t.params.items() if k != VARIANT_PARAM}
+        dirs = {s: trial_seed_dir(out_dir, t.number, s) for s in spec.seeds}
+        found.append(
+            Arm(
+                arm_label(t.user_attrs.get("variant") or "", params),
+                t.number,
+                params,
+                dirs,
+                {s: read_eval(d) for s, d in dirs.items()},
+            )
+        )
+    return found
 
 
 def build_report(
@@ -363,8 +422,6 @@ def build_report(
 
 def console_lines(report: dict) -> list[str]:
     """The verdict for the terminal (rich markup): per metric, each arm and its difference."""
-    from rich.markup import escape
-
     rows, reference = report["rows"], report["reference"]
     lines = [
         f"[bold]verdict[/] (each arm − {escape(reference)}, paired by seed and held-out speaker; "
@@ -392,3 +449,162 @@ def console_lines(report: dict) -> list[str]:
         lines.append(f"  best by the sweep objective: {escape(report['best'])}")
     lines.append(f"  report: {report['out_dir']} (verdict.md, plots, band heatmaps, samples/)")
     return lines
+
+
+# -- every sweep: the trials table and the summary -------------------------------------------
+@dataclass
+class SweepSummary:
+    """Where a sweep recorded everything, and how its trials ended."""
+
+    name: str
+    out_dir: Path
+    storage: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    counts: dict[str, int]
+    best: list[dict]  # best trial (single objective) or the Pareto front
+    summary_csv: Path
+
+
+def summarize(
+    spec: SweepSpec, study: SweepStudy, state: SweepState, parent, counts: dict[str, int], log
+) -> SweepSummary:
+    """Write the trials table and log it, with the best trial(s), to the MLflow parent run."""
+    columns, rows = trial_rows(spec, study.trials())
+    csv_path, md_path = state.out_dir / "trials.csv", state.out_dir / "trials.md"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path.write_text(buffer.getvalue())
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    md_path.write_text(f"# Sweep {spec.name}\n\n" + "\n".join(md) + "\n")
+    best = best_trials(spec, study)
+    try:
+        parent.log_artifact(csv_path, "summary")
+        parent.log_artifact(md_path, "summary")
+        parent.log_metrics({f"trials/{k}": v for k, v in counts.items()})
+        if best and not spec.multi_objective:
+            b = best[0]
+            parent.log_params({f"best.{k}": v for k, v in b["params"].items()})
+            parent.log_metrics({f"best/{k}": v for k, v in b["values"].items()})
+            parent.set_tags(
+                {
+                    "best.trial": b["trial"],
+                    "best.variant": b["variant"] or "search",
+                    "best.overrides": " ".join(b["overrides"]),
+                }
+            )
+        elif best:
+            parent.set_tags({"pareto.trials": " ".join(str(b["trial"]) for b in best)})
+    except Exception as err:  # the summary files are on disk either way
+        log(f"[yellow]could not log the summary to MLflow: {escape(str(err))}[/]")
+    return SweepSummary(
+        spec.name,
+        state.out_dir,
+        state["storage"],
+        state["tracking_uri"],
+        spec.experiment,
+        state["parent_run_id"],
+        counts,
+        best,
+        csv_path,
+    )
+
+
+def trial_rows(spec: SweepSpec, trials: list) -> tuple[list[str], list[dict]]:
+    """One row per trial: params, state, objective (mean) and per-seed values, runs, errors."""
+    metrics = [o.metric for o in spec.objectives]
+    columns = ["trial", "state", "variant", *[p.key for p in spec.space], *metrics]
+    columns += [f"{m} [seed {s}]" for m in metrics for s in spec.seeds]
+    columns += ["seconds", "mlflow_runs", "fail_reason", "overrides"]
+    rows = []
+    for t in trials:
+        if t.state.name == "WAITING":
+            continue
+        row: dict[str, Any] = {
+            "trial": t.number,
+            "state": t.state.name,
+            "variant": t.user_attrs.get("variant") or "",
+        }
+        for p in spec.space:
+            row[p.key] = t.params.get(p.key, "")
+        values = t.values or []
+        for m, v in zip(metrics, values if t.state.name == "COMPLETE" else []):
+            row[m] = v
+        runs = []
+        for s in spec.seeds:
+            result = t.user_attrs.get(f"result.seed{s}") or {}
+            for m in metrics:
+                row[f"{m} [seed {s}]"] = (result.get("values") or {}).get(m, "")
+            if result.get("run_id"):
+                runs.append(result["run_id"])
+        row["seconds"] = round(t.duration.total_seconds(), 1) if t.duration else ""
+        row["mlflow_runs"] = " ".join(runs)
+        row["fail_reason"] = t.user_attrs.get("fail_reason", "")
+        row["overrides"] = " ".join(t.user_attrs.get("overrides", []))
+        rows.append(row)
+    return columns, rows
+
+
+def best_trials(spec: SweepSpec, study: SweepStudy) -> list[dict]:
+    """The best trial, or the Pareto front: number, variant, params, objective values, overrides."""
+    return [
+        {
+            "trial": t.number,
+            "variant": t.user_attrs.get("variant") or "",
+            "params": dict(t.params),
+            "values": dict(zip([o.metric for o in spec.objectives], t.values)),
+            "overrides": t.user_attrs.get("overrides", []),
+        }
+        for t in study.best()
+    ]
+
+
+def summary_lines(summary: SweepSummary, experiment_id: str | None) -> list[str]:
+    """How the sweep ended and where to look (rich markup)."""
+    c = summary.counts
+    lines = [
+        f"[bold]sweep {summary.name} finished[/]: {c['done']} done, {c['pruned']} pruned, {c['failed']} failed; "
+        f"table {summary.summary_csv}"
+    ]
+    if not summary.best:
+        lines.append("[yellow]no trial completed[/]")
+    for b in summary.best:
+        label = "Pareto-optimal" if len(b["values"]) > 1 else "best"
+        values = ", ".join(f"{k}={v:.4g}" for k, v in b["values"].items())
+        params = ", ".join(f"{k}={v}" for k, v in b["params"].items())
+        lines.append(
+            f"[green]{label}: trial {b['trial']}[/] ({escape(b['variant'] or 'search space')}): {values}"
+        )
+        lines.append(f"  params: {escape(params)}")
+        lines.append(f"  overrides: {escape(' '.join(b['overrides']) or '(the base overrides)')}")
+    uri = summary.tracking_uri
+    lines.append(
+        f"MLflow: {uri}  experiment {summary.experiment!r}, parent run {summary.parent_run_id}"
+    )
+    lines.append(f"  open the UI: {_ui_hint(uri)}")
+    lines.append(
+        f"  the answer: {_ui_base(uri)}/#/experiments/{experiment_id}"
+        f"/runs/{summary.parent_run_id}?workflowType=machine_learning (the parent run; its "
+        "description holds the verdict)"
+    )
+    lines.append(f"Optuna study {summary.name!r}: {summary.storage}")
+    return lines
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+
+def _ui_hint(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def _ui_base(uri: str) -> str:
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"

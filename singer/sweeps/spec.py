@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from singer import schema
 from singer.cli import UserError
@@ -289,8 +290,6 @@ class Param:
         return stored_choices(self.values)
 
     def distribution(self):
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
         if self.type == "choice":
             return CategoricalDistribution(self.choices())
         if self.type == "int":

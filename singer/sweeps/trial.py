@@ -24,8 +24,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
 import submitit
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
+from singer import tracking
+from singer.config import compose
 from singer.launch import CheckpointableJob
 
 RESULT_FILE = "trial_result.json"  # the job's outcome, written last (a finished job is not rerun)
@@ -41,10 +46,6 @@ class MissingMetricError(RuntimeError):
 # -- Optuna pieces shared by the driver and the jobs -----------------------------------------
 def open_storage(spec: str):
     """``journal:<path>`` → a journal file (local disk); anything with ``://`` → an RDB URL."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     if spec.startswith("journal:"):
         path = Path(spec[len("journal:") :])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +70,6 @@ def make_sampler(kind: str, seed: int, startup_trials: int | None = None):
     (``study.enqueue_trial``), so its sampler never samples: Optuna's GridSampler cannot hold
     named variants, and its ``after_trial`` calls ``study.stop()``, which raises outside
     ``optimize()``."""
-    import optuna
-
     if kind == "tpe":
         kwargs = {} if startup_trials is None else {"n_startup_trials": startup_trials}
         return optuna.samplers.TPESampler(seed=seed, **kwargs)
@@ -80,8 +79,6 @@ def make_sampler(kind: str, seed: int, startup_trials: int | None = None):
 
 
 def make_pruner(pruner: dict):
-    import optuna
-
     kind = pruner.get("type", "none")
     if kind == "none":
         return optuna.pruners.NopPruner()
@@ -147,7 +144,8 @@ class TrialJob(CheckpointableJob):
             return json.loads(done.read_text())
         (out_dir / ERROR_FILE).unlink(missing_ok=True)
 
-        from singer.config import compose
+        # Imported here for start-up time: singer.trainer loads the model stack, and the driver
+        # imports this module for TrialJob (also for --dry-run).
         from singer.trainer import Trainer
 
         started = time.time()
@@ -160,8 +158,6 @@ class TrialJob(CheckpointableJob):
             evaluated = self._evaluate(out_dir, cfg)
             values = self._objective_values(result, evaluated)
         except Exception as err:
-            import optuna
-
             run_id = trainer.run_id if trainer is not None else None
             if isinstance(err, optuna.TrialPruned):
                 outcome = {
@@ -199,8 +195,6 @@ class TrialJob(CheckpointableJob):
         """The driver's trial, through the study storage (None when nothing is reported)."""
         if self.report_metric is None:
             return None
-        import optuna
-
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(
             study_name=self.study_name,
@@ -214,8 +208,6 @@ class TrialJob(CheckpointableJob):
         """The trainer calls this at every validation; raising TrialPruned stops training."""
         if trial is None:
             return None
-        import optuna
-
         metric, pruning = self.report_metric, self.pruner.get("type", "none") != "none"
 
         def report(step: int, metrics: dict[str, float]) -> None:
@@ -237,6 +229,8 @@ class TrialJob(CheckpointableJob):
         """The sweep's evaluation of the trained checkpoint, logged into the trial's MLflow run."""
         if not self.evaluate:
             return {}
+        # Imported here for start-up time: it loads the metrics stack, which only the jobs of a
+        # sweep with an ``evaluate`` section need.
         from singer.evaluation import evaluate_checkpoint, load_protocol
 
         result = evaluate_checkpoint(
@@ -281,8 +275,6 @@ class TrialJob(CheckpointableJob):
         return {m: available[m] for m in self.metrics}
 
     def _run_metrics(self, run_id: str) -> dict[str, float]:
-        from singer import tracking
-
         runs = tracking.search_runs(
             self.experiment, self.tracking_uri, f"attributes.run_id = '{run_id}'"
         )
@@ -300,8 +292,6 @@ class TrialJob(CheckpointableJob):
         """The trainer ended the run FAILED (it saw an exception); a pruned run is KILLED."""
         if not run_id:
             return
-        from singer import tracking
-
         run = tracking.Run(run_id, self.tracking_uri)
         run.set_tags({"sweep.state": PRUNED, "sweep.pruned": reason})
         run.end("KILLED")
