@@ -58,7 +58,7 @@ class UserError(Exception):
 USER_ERROR_CLASSES: dict[str, str] = {
     "singer.config:ConfigError": "fix the config or override (python -m singer.registry lists the names)",
     "singer.sweeps.spec:SweepSpecError": "fix the sweep file (its format is in sweeps/README.md)",
-    "singer.sweeps.driver:SweepError": "see sweeps/README.md",
+    "singer.sweeps.state:SweepError": "see sweeps/README.md",
     "singer.registry:UnknownNameError": "use one of the known names (python -m singer.registry)",
     "singer.weights:MissingWeightsError": "put the weights file there, or fix the path",
     "singer.weights:WeightsChecksumError": "use the file the sha256 describes, or fix the sha256",

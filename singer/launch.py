@@ -353,7 +353,12 @@ class CheckpointableJob:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__")
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+        return submitit.helpers.DelayedSubmission(self.resumed(), *args, **kwargs)
+
+    def resumed(self) -> CheckpointableJob:
+        """The job requeued in place of this one: this same object by default; a job that
+        keeps a ``resume`` flag returns a copy with it set."""
+        return self
 
 
 # -- distributed training in submitit jobs ------------------------------------------------------
@@ -396,10 +401,8 @@ class TrainJob(CheckpointableJob):
     out_dir: str
     resume: bool = False
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(
-            dataclasses.replace(self, resume=True), *args, **kwargs
-        )
+    def resumed(self) -> TrainJob:
+        return dataclasses.replace(self, resume=True)
 
     def __call__(self) -> dict | None:
         # lazy: start-up time; submitting needs neither torch nor the trainer, the job does
@@ -436,6 +439,23 @@ _RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 def _results_written(job: submitit.Job) -> bool:
     tasks = [job] if job.num_tasks == 1 else [job.task(i) for i in range(job.num_tasks)]
     return all(t.paths.result_pickle.exists() for t in tasks)
+
+
+def attach_job(kind: str, folder: str | Path, job_id: str) -> submitit.Job:
+    """A job submitted earlier (``kind`` ``local`` or ``slurm``), found by its folder and id,
+    to watch after the submitting process restarted."""
+    if kind == "local":
+        return submitit.LocalJob(folder, job_id)
+    if kind == "slurm":
+        return submitit.SlurmJob(folder, job_id)
+    raise LaunchError(
+        f"cannot re-attach a {kind!r} job; only local and slurm jobs outlive their driver"
+    )
+
+
+def runs_here(job: submitit.Job) -> bool:
+    """Whether ``job`` is a debug job, which runs in this process when its result is asked for."""
+    return isinstance(job, submitit.DebugJob)
 
 
 def job_state(job: submitit.Job) -> str:

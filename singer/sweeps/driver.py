@@ -36,6 +36,7 @@ from rich.markup import escape
 
 from singer import tracking
 from singer.config import compose
+from singer.data.cache import data_cache
 from singer.launch import make_executor
 from singer.sweeps import jobs, report
 from singer.sweeps.jobs import ActiveJob
@@ -392,10 +393,6 @@ class SweepDriver:
 def prepare_data(spec: SweepSpec, *, progress: bool, log) -> None:
     """Generate the sweep's data once, with all its workers, before any job starts (jobs
     would otherwise wait on each other's lock while the first one generates it alone)."""
-    # Imported here for start-up time: singer.trainer loads the model stack, which --dry-run
-    # (describe_plan) never needs.
-    from singer.trainer import data_cache
-
     configs = spec.planned_configurations() or [None]
     overrides = merge_overrides(spec.overrides, configs[0].overrides if configs[0] else [])
     try:

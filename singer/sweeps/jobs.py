@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import submitit
 from rich.markup import escape
 
 from singer import tracking
-from singer.launch import job_state
+from singer.launch import attach_job, job_state, runs_here
 from singer.sweeps.spec import Configuration, SweepSpec, hydra_value, merge_overrides
 from singer.sweeps.state import SweepState, trial_seed_dir
 from singer.sweeps.trial import COMPLETE, ERROR_FILE, FAIL, PRUNED, TrialJob
@@ -83,7 +82,7 @@ def _job_overrides(
 class ActiveJob:
     trial_number: int
     seed: int
-    job: submitit.Job
+    job: Any  # a submitit job (singer.launch)
     kind: str  # debug | local | slurm
     pid: int | None = None  # a local job re-attached after a restart: watched through its pid
     submitted: float = field(default_factory=time.time)
@@ -95,11 +94,11 @@ def reattach(record: dict) -> ActiveJob | None:
     number, seed = int(record["trial"]), int(record["seed"])
     submitted = float(record.get("submitted", time.time()))
     if kind == "local":
-        job = submitit.LocalJob(folder, job_id)
+        job = attach_job(kind, folder, job_id)
         if job.paths.result_pickle.exists() or _pid_alive(int(job_id)):
             return ActiveJob(number, seed, job, kind, pid=int(job_id), submitted=submitted)
     elif kind == "slurm":
-        job = submitit.SlurmJob(folder, job_id)
+        job = attach_job(kind, folder, job_id)
         if job_state(job) in ("queued", "running") or job.paths.result_pickle.exists():
             return ActiveJob(number, seed, job, kind, submitted=submitted)
     return None  # debug jobs ran inside the dead driver; anything else ended without a result
@@ -108,7 +107,7 @@ def reattach(record: dict) -> ActiveJob | None:
 def poll(active: ActiveJob, trial_dir: Path) -> dict | None:
     """The job's outcome once it has ended, else None. Never raises for a failed job."""
     job = active.job
-    if isinstance(job, submitit.DebugJob):
+    if runs_here(job):
         # Runs the job here. exception() rather than result(): result() opens pdb on errors.
         error = job.exception()
         return _outcome(active, None if error else job.result(), error, trial_dir)

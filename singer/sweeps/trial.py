@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import submitit
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from singer import tracking
 from singer.config import compose
-from singer.launch import CheckpointableJob
+from singer.launch import CheckpointableJob, export_torch_distributed_env
 
 RESULT_FILE = "trial_result.json"  # the job's outcome, written last (a finished job is not rerun)
 ERROR_FILE = "trial_error.json"  # why the job failed, for the driver's FAIL reason
@@ -129,11 +128,9 @@ class TrialJob(CheckpointableJob):
     resume: bool = False
     evaluate: dict | None = None  # SweepSpec.evaluate: evaluate the checkpoint after training
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Preempted or timed out: requeue this job so that it continues from its checkpoint."""
-        return submitit.helpers.DelayedSubmission(
-            dataclasses.replace(self, resume=True), *args, **kwargs
-        )
+    def resumed(self) -> TrialJob:
+        """Preempted or timed out: the requeued job continues from its checkpoint."""
+        return dataclasses.replace(self, resume=True)
 
     def __call__(self) -> dict:
         out_dir = Path(self.out_dir)
@@ -148,6 +145,7 @@ class TrialJob(CheckpointableJob):
         # imports this module for TrialJob (also for --dry-run).
         from singer.trainer import Trainer
 
+        export_torch_distributed_env()  # a multi-task job trains one DDP run
         started = time.time()
         trainer = None
         try:
@@ -158,13 +156,13 @@ class TrialJob(CheckpointableJob):
             evaluated = self._evaluate(out_dir, cfg)
             values = self._objective_values(result, evaluated)
         except Exception as err:
-            run_id = trainer.run_id if trainer is not None else None
+            run_id = trainer.state.run_id if trainer is not None else None
             if isinstance(err, optuna.TrialPruned):
                 outcome = {
                     "state": PRUNED,
                     "reason": str(err),
                     "run_id": run_id,
-                    "step": trainer.step,
+                    "step": trainer.state.step,
                     "seconds": time.time() - started,
                 }
                 self._mark_pruned_run(run_id, str(err))
