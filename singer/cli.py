@@ -63,7 +63,7 @@ USER_ERROR_CLASSES: dict[str, str] = {
     "singer.weights:MissingWeightsError": "put the weights file there, or fix the path",
     "singer.weights:WeightsChecksumError": "use the file the sha256 describes, or fix the sha256",
     "singer.evaluation.protocol:ProtocolError": "fix the protocol (docs/metrics.md)",
-    "singer.evaluation.runner:EvaluationError": "see docs/metrics.md",
+    "singer.evaluation.inputs:EvaluationError": "see docs/metrics.md",
     "singer.evaluation.probes:ProbeError": "see docs/metrics.md",
     "singer.launch:LaunchError": "see slurm/README.md",
     "singer.launch:ProfileError": "fix the profile (slurm/README.md)",

@@ -18,11 +18,20 @@ import datetime as _dt
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from singer.cli import UserError
+from singer.registry import MODELS, all_registries
+
+if TYPE_CHECKING:
+    from singer.models.spec import ModelSpec
 
 CONFIG_MODULE = "singer.conf"
 # Config group → registry kind, for the name checks below.
@@ -277,8 +286,6 @@ CHECKED_KEYS = (*VALUE_RULES, "trainer.threads", "device")
 
 def check_values(cfg: DictConfig) -> None:
     """:func:`check_value` for every checked key the config has."""
-    from omegaconf.errors import OmegaConfBaseException
-
     for key in CHECKED_KEYS:
         try:
             value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
@@ -290,8 +297,6 @@ def check_values(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> DictConfig:
     """Reject import paths, unknown registry names and out-of-range values, naming the key
     and what is allowed."""
-    from singer.registry import all_registries
-
     cfg_without_hydra = {k: v for k, v in cfg.items_ex(resolve=False) if k != "hydra"}
     targets = [where for where, _ in _find_targets(cfg_without_hydra)]
     if targets:
@@ -327,6 +332,19 @@ def validate(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def model_for_config(entry: str) -> ModelSpec | None:
+    """The ModelSpec that the ``model=<entry>`` config group entry selects (the one whose
+    ``config`` is ``entry``), or None when no registered model has that entry. The registry
+    lookup loads the models (and torch) only now, when a config names one."""
+    found = [spec for spec in map(MODELS.get, MODELS.names()) if spec.config == entry]
+    if len(found) > 1:
+        raise ValueError(
+            f"models {', '.join(s.name for s in found)} all give config='{entry}'; "
+            "each model needs its own model/<config>.yaml"
+        )
+    return found[0] if found else None
+
+
 def name_model(cfg: DictConfig, choice: str | None) -> DictConfig:
     """Set ``model.name`` from ``choice``, the ``model`` config group entry Hydra composed.
 
@@ -339,9 +357,6 @@ def name_model(cfg: DictConfig, choice: str | None) -> DictConfig:
     model = cfg.get("model")
     if not isinstance(model, DictConfig) or model.get("name") is not None or choice is None:
         return cfg
-    # Imported here: it loads torch, which entry points that never name a model do not need.
-    from singer.models.spec import model_for_config
-
     spec = model_for_config(str(choice))
     if spec is None:
         raise ConfigError(
@@ -358,13 +373,6 @@ def compose(
     overrides: Sequence[str] | Iterable[str] = (), config_name: str = "train"
 ) -> DictConfig:
     """Compose ``singer/conf/<config_name>.yaml`` with Hydra override strings, then validate."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     overrides = list(overrides)
     check_hydra_overrides(overrides)
     try:

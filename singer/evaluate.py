@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from singer.cli import UserError, entry_point, fail
+from singer.registry import UnknownNameError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -100,9 +101,9 @@ def parse_videos_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    # lazy: start-up: these modules load torch (seconds), which `--help` does without
     from singer.evaluation import EvaluationError, ProtocolError
     from singer.evaluation.probes import ProbeError
-    from singer.registry import UnknownNameError
     from singer.weights import MissingWeightsError, WeightsChecksumError
 
     return (
@@ -145,6 +146,7 @@ def print_result(result) -> None:
 
 def videos_main(argv: list[str]) -> int:
     args = parse_videos_args(argv)
+    # lazy: start-up: the evaluation package loads torch (seconds), which `--help` does without
     from singer.evaluation import load_protocol
     from singer.evaluation.runner import log_to_mlflow, write_outputs
     from singer.evaluation.videos import evaluate_videos
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "videos":
         return videos_main(argv[1:])
     args = parse_args(argv)
+    # lazy: start-up: the evaluation package loads torch (seconds), which `--help` does without
     from singer.evaluation import evaluate_checkpoint, load_protocol
 
     try:

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # lazy: start-up: these load torch and the video decoders (seconds), which `--help` does
+    # without
     from singer.data.media import MediaError, read_audio, read_image
     from singer.inference import (
         check_sampling,
@@ -72,14 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         resolve_checkpoint,
         write_video,
     )
+    from singer.separation import check_separator, separate
 
     # Everything that can be checked before the model loads is, so a mistake costs nothing
     # and the inputs are never touched.
     check_sampling(args.steps, args.guidance, args.seed)
     separator_args = None
     if args.separate != "none" or args.separator_arg:
-        from singer.separation import check_separator
-
         try:  # an unknown name, a bad option or a missing weight file, before any work
             separator_args = check_separator(args.separate, args.separator_arg)
         except (KeyError, ValueError, OSError) as err:
@@ -110,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.audio} has no audio samples", "give a file with sound")
     condition = audio
     if separator_args is not None:  # the model hears the voice; the mp4 keeps the whole song
-        from singer.separation import separate
-
         condition = separate(
             audio, args.separate, separator_args, sample_rate=loaded.sample_rate, progress=True
         )

@@ -13,6 +13,7 @@ interpreter of its own to name the package that crashed.
 from __future__ import annotations
 
 import argparse
+import io
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ FIX = "run `make clean install` (reinstalls from uv.lock); if it persists, run `
 
 
 def _torch() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import torch
 
     x = torch.randn(8, 8)
@@ -31,6 +33,7 @@ def _torch() -> str:
 
 
 def _torchaudio() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import torch
     import torchaudio
 
@@ -44,6 +47,7 @@ def _torchaudio() -> str:
 
 
 def _torchvision() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import torch
     import torchvision
 
@@ -54,8 +58,7 @@ def _torchvision() -> str:
 
 
 def _av() -> str:
-    import io
-
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import av
     import numpy as np
 
@@ -78,6 +81,7 @@ def _av() -> str:
 
 
 def _decord() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import decord
 
     decord.bridge.set_bridge("native")
@@ -85,6 +89,7 @@ def _decord() -> str:
 
 
 def _ptwt() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import ptwt
     import torch
 
@@ -94,12 +99,14 @@ def _ptwt() -> str:
 
 
 def _mlflow() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import mlflow
 
     return mlflow.__version__
 
 
 def _optuna() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -109,12 +116,14 @@ def _optuna() -> str:
 
 
 def _submitit() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import submitit
 
     return submitit.__version__
 
 
 def _hydra() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import hydra
     from hydra import compose, initialize_config_module
 
@@ -124,6 +133,7 @@ def _hydra() -> str:
 
 
 def _diffusers() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import diffusers
 
     diffusers.DDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True)
@@ -131,6 +141,7 @@ def _diffusers() -> str:
 
 
 def _timm() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import timm
     import torch
     from timm.layers import Mlp
@@ -140,6 +151,7 @@ def _timm() -> str:
 
 
 def _cv2() -> str:
+    # lazy: optional: the import is the check (a missing package is reported, not fatal)
     import cv2
 
     cascade = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"

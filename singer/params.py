@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from singer.cli import entry_point
+from singer.config import compose
 from singer.models.spec import count_parameters, get_model_spec
 
 
@@ -37,8 +38,6 @@ def parameter_counts(model: nn.Module) -> dict:
 
 def count_for(overrides: Sequence[str]) -> dict:
     """Parameter counts of the model that ``overrides`` compose (``model.name`` included)."""
-    from singer.config import compose
-
     cfg = compose(list(overrides))
     counts = parameter_counts(get_model_spec(cfg.model.name).build(cfg))
     return {"model": str(cfg.model.name), **counts}

@@ -16,8 +16,10 @@ components only by these names; nothing in a user file is ever imported by path.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
+import pkgutil
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
@@ -138,8 +140,6 @@ def import_submodules(package: str, path, skip: tuple[str, ...] = ()) -> None:
     ``conf`` (a package's Hydra configs) holds no components; ``skip`` names modules that are
     command-line entry points (``python -m package.module``), which must not be imported before
     they run."""
-    import pkgutil
-
     for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
         if not info.name.startswith("_") and info.name not in ("conf", *skip):
             importlib.import_module(f"{package}.{info.name}")
@@ -177,8 +177,6 @@ def format_listing(registries: dict[str, Registry] | None = None) -> str:
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="python -m singer.registry",
         description="List every registered component, grouped by kind.",

@@ -4,13 +4,16 @@
   existing folder, before any work is done.
 - :func:`check_private_tree` refuses a folder that others could write to, for folders whose
   files the harness unpickles (the sweep folder: submitit's result pickles).
+- :func:`file_lock` makes parallel jobs that would write the same file take turns.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 from singer.cli import UserError
@@ -112,3 +115,15 @@ def check_private_tree(folder: str | Path, *, subfolders: Iterable[str] = (), wh
                 "there, and anyone who can write them can run code as you",
                 f"run `chmod -R go-w {folder}` (and make sure you own it), or use another --out",
             )
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock across processes (parallel sweep trials may start together)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
 
+    # lazy: start-up: the sweep driver loads submitit, Hydra and OmegaConf (half a second on a
+    # busy laptop), which `--help` does without
     from singer.sweeps.driver import SweepDriver, describe_plan
     from singer.sweeps.spec import SweepSpecError, check_launcher, load_sweep
 

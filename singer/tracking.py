@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import posixpath
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -56,6 +58,8 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 
 def client(uri: str | None = None):
+    # lazy: start-up: MLflow takes seconds to import, and every module that can log imports
+    # this one whether or not it logs
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -151,6 +155,7 @@ class Run:
         return self._client.get_run(self.run_id).info
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        # lazy: start-up: MLflow takes seconds (see client)
         from mlflow.entities import Param
 
         existing = self._client.get_run(self.run_id).data.params
@@ -165,6 +170,7 @@ class Run:
             self._client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        # lazy: start-up: MLflow takes seconds (see client)
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -173,6 +179,7 @@ class Run:
             self._client.log_batch(self.run_id, metrics=items[start : start + 500])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        # lazy: start-up: MLflow takes seconds (see client)
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
@@ -282,6 +289,7 @@ def end_failed_run(run_id: str, uri: str | None, err: BaseException) -> None:
 
 def search_runs(experiment: str, uri: str | None = None, filter_string: str = ""):
     """DataFrame of the runs of an experiment (``mlflow.search_runs``)."""
+    # lazy: start-up: MLflow takes seconds (see client)
     import mlflow
 
     client(uri)
@@ -300,6 +308,7 @@ def store_exists(uri: str | None = None) -> bool:
 def find_run(run_id: str, uri: str | None = None):
     """The MLflow run with this id, or None when this store has no such run (or no such store:
     a missing sqlite file is not created)."""
+    # lazy: start-up: MLflow takes seconds (see client)
     from mlflow.exceptions import MlflowException
 
     if not store_exists(uri):
@@ -338,9 +347,7 @@ def log_table(run: Run, rows: list[dict], name: str) -> None:
     ``mlflow.load_table`` and shown by the UI), but it *replaces* an earlier table of the same
     name: ``log_table`` itself appends, so re-evaluating a run would duplicate its rows.
     """
-    import posixpath
-    import tempfile
-
+    # lazy: start-up: MLflow and pandas take seconds (see client)
     import pandas as pd
     from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 

@@ -112,6 +112,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors":
         try:
+            # lazy: optional: safetensors comes with diffusers and timm, not as a dependency of
+            # its own, and only these files need it
             from safetensors.torch import load_file
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError(f"reading {path} needs the `safetensors` package") from err

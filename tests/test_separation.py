@@ -18,8 +18,7 @@ from singer.separation import (
     separate,
 )
 from singer.separation.base import chunk_spans
-from singer.separation.mask_net import MaskNet
-from singer.separation.train import Recipe, train_mask_net
+from singer.separation.mask_net import MaskNet, Recipe, train_mask_net, training_pairs
 from singer.weights import MissingWeightsError, WeightsChecksumError, sha256_file
 
 SR = 16000
@@ -175,8 +174,6 @@ def test_first_use_trains_once_into_the_cache(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_mask_net_learns_to_separate_held_out_speakers(tmp_path):
     """A short training run already lifts SI-SDR on speakers and music it never saw."""
-    from singer.separation.train import training_pairs
-
     path = train_mask_net(Recipe(pairs=8, steps=120, seed=0), tmp_path / "m.pt", progress=False)
     net = load_separator("mask_net", {"checkpoint": str(path)})
     voices, beds = training_pairs(4, seed=99)  # other speakers and beds

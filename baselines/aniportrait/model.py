@@ -19,6 +19,7 @@ from baselines.aniportrait.motion import (
 )
 from singer.backbones.blocks import sinusoidal_embedding
 from singer.diffusion import GaussianDiffusion, cfg_combine, diffusion_for_codec, drop_conditions
+from singer.inference import resolve_checkpoint
 from singer.models.singer import _kwargs
 from singer.models.spec import Conditions, component_init, dropout_on
 from singer.registry import BACKBONES, CODECS, FRONTENDS
@@ -273,8 +274,6 @@ class AniPortrait(nn.Module):
 
 def load_stage(model: AniPortrait, path: str, prefixes: tuple[str, ...], key: str) -> None:
     """Load the ``prefixes`` parts of a trainer checkpoint (its EMA weights) into ``model``."""
-    from singer.inference import resolve_checkpoint
-
     try:
         file = resolve_checkpoint(path)
     except FileNotFoundError as err:

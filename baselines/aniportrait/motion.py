@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from singer.data import synth as S
+from singer.data.prepare import FaceDetector
 
 MOTION_CHANNELS = 3
 K = len(S.CUES)
@@ -95,8 +96,6 @@ Detector = Callable[[np.ndarray], "tuple[float, float, float] | None"]
 
 def default_detector() -> Detector:
     """The bundled frontal-face detector ``singer.data.prepare`` crops with (local weights only)."""
-    from singer.data.prepare import FaceDetector
-
     return FaceDetector().detect
 
 

@@ -24,6 +24,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+
+import singer.conf
+from singer.config import to_container, validate
+from singer.models.spec import get_model_spec
+from singer.safe_io import file_lock
+from singer.trainer import train
+
 TRAIN = "train"
 EXPERT_MODEL = "syncnet"  # the registered model the expert is (singer.models.syncnet)
 KEY_SECTIONS = ("model", "data", "trainer", "seed")
@@ -31,12 +40,6 @@ KEY_SECTIONS = ("model", "data", "trainer", "seed")
 
 def expert_config(cfg, steps: int | None = None) -> dict:
     """The plain config of the in-job expert, derived from the composed wav2lip config ``cfg``."""
-    from omegaconf import OmegaConf
-
-    import singer.conf
-    from singer.config import to_container
-    from singer.models.spec import get_model_spec
-
     plain = to_container(cfg)
     spec = get_model_spec(EXPERT_MODEL)
     syncnet = Path(singer.conf.__file__).parent / "model" / f"{spec.config}.yaml"
@@ -62,17 +65,11 @@ def expert_dir(plain: dict) -> Path:
 
 def ensure_expert(plain: dict) -> Path:
     """Train the expert of ``plain`` (see :func:`expert_config`) unless it is there; its run dir."""
-    import torch
-    from omegaconf import OmegaConf
-
-    from singer.config import validate
-    from singer.data.cache import _file_lock
-
     out = expert_dir(plain)
     done = out / ".complete"
     if done.exists():
         return out
-    with _file_lock(out.parent / f".{out.name}.lock"):
+    with file_lock(out.parent / f".{out.name}.lock"):
         if done.exists():  # another job finished it while this one waited
             return out
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -81,7 +78,6 @@ def ensure_expert(plain: dict) -> Path:
                 "train it first with `python -m singer.train model=syncnet ...` and set "
                 "model.sync.expert=<that run directory>"
             )
-        from singer.trainer import train
 
         cfg = dict(plain)
         tracking = dict(cfg.get("tracking") or {})

@@ -39,16 +39,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.wav2lip.expert import TRAIN, ensure_expert, expert_config
+from singer.inference import resolve_checkpoint
 from singer.models.spec import Conditions
 from singer.models.syncnet import (
     MEL_BINS,
     MEL_STEPS,
     SYNC_FRAMES,
     frame_to_mel,
-    load_expert,
     log_mel,
     mel_windows,
 )
+from singer.sync_expert import load_expert
+from singer.weights import MissingWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +223,6 @@ def mask_lower_half(frames: torch.Tensor) -> torch.Tensor:
 
 def _expert_for(path: str) -> nn.Module:
     """The frozen expert of a ``model=syncnet`` run, loaded once per file and process."""
-    from singer.inference import resolve_checkpoint
-    from singer.weights import MissingWeightsError
-
     try:
         resolved = resolve_checkpoint(path).resolve()
     except FileNotFoundError:

@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 
+from singer.registry import FRONTENDS
+
 
 def window_length(window: int, rate: float, fps: float) -> int:
     """Number of feature steps ``W`` that cover ``2·window + 1`` video frames at ``rate`` Hz."""
@@ -252,8 +254,6 @@ class FeatureFrontend(AudioFrontend):
 
 def build_base_extractor(base: str, *, sample_rate: int, **kwargs) -> FeatureExtractor:
     """Instantiate the feature extractor of the front-end registered as ``base`` (e.g. mel, raw)."""
-    from singer.registry import FRONTENDS
-
     frontend_cls = FRONTENDS.get(base)
     extractor_cls = getattr(frontend_cls, "feature_extractor", None)
     if extractor_cls is None:

@@ -70,7 +70,7 @@ class SDVAECodec(FrozenCodec):
             sha256_key="codec.sha256",
             hint=SD_VAE_HINT,
         )
-        from diffusers import AutoencoderKL  # seconds to import; only this codec needs it
+        from diffusers import AutoencoderKL  # lazy: start-up: seconds; only this codec needs it
 
         self.vae = AutoencoderKL.from_pretrained(
             str(folder), subfolder=subfolder, local_files_only=True

@@ -31,10 +31,13 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+import decord
 import numpy as np
 from scipy.ndimage import median_filter
+from tqdm.auto import tqdm
 
 from singer.cli import entry_point
+from singer.data import media
 
 STATS = ("median_pitch_hz", "vibrato_energy", "loudness_range_db", "spectral_centroid_hz")
 STAT_LABELS = {
@@ -228,10 +231,6 @@ def read_audio(
     AAC padding makes decoded audio slightly longer than its video, so it is trimmed to
     ``seconds`` when given, else to the video's length when the file has a video stream.
     """
-    import decord
-
-    from singer.data import media
-
     if hasattr(media, "read_audio"):
         wave = np.asarray(
             media.read_audio(path, sample_rate=sample_rate), dtype=np.float32
@@ -287,8 +286,8 @@ def collect_stats(
     Each item is ``(path, label)`` or ``(path, label, seconds)``; ``seconds`` trims the decoded
     audio to the clip's true length. Files without readable audio are skipped with a warning.
     """
+    # lazy: start-up: pandas takes a second, and the metrics package imports this module
     import pandas as pd
-    from tqdm.auto import tqdm
 
     items = list(paths_with_labels)
     rows = []
@@ -339,10 +338,12 @@ def summarize(df) -> str:
 
 def plot_stats(df, out_png: str | Path) -> Path:
     """Four panels (one per statistic): distribution per label, boxes with the clips on top."""
+    # lazy: start-up: matplotlib and seaborn take seconds, and the metrics package imports
+    # this module
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: start-up: after the backend is chosen
     import seaborn as sns
 
     order = sorted(df["label"].unique())

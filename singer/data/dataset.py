@@ -43,6 +43,7 @@ CAUSES = ("loudness", "pitch", "vibrato_phase", "f2", "held", "onset")
 def face_cue_names() -> tuple[str, ...]:
     """The per-frame cue names, in the order of the ``cues`` tensor's last axis."""
     try:
+        # lazy: start-up: SynthSing loads scipy (a second) for what is here a list of names
         from singer.data.synth import FACE_CUES
     except ImportError:
         return _FALLBACK_FACE_CUES

@@ -25,7 +25,9 @@ import json
 import math
 from pathlib import Path
 
+import decord
 import numpy as np
+from tqdm.auto import tqdm
 
 from singer.cli import entry_point
 from singer.data import synth as S
@@ -245,8 +247,6 @@ def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
 
 def read_frames(path: str | Path) -> np.ndarray:
     """All frames of a video (F×H×W×3 uint8 RGB), decoded with decord."""
-    import decord
-
     reader = decord.VideoReader(str(path))
     frames = reader.get_batch(list(range(len(reader)))).asnumpy()
     del reader
@@ -261,8 +261,6 @@ def check_dataset(data: str | Path, *, progress: bool = True) -> dict:
     they are pooled over singing clips only, and ``sway_talking_mean_abs`` reports how far the
     estimate strays from 0 on talking clips.
     """
-    from tqdm.auto import tqdm
-
     data = Path(data)
     records = [
         json.loads(line)

@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import cv2
+import decord
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 AAC_FRAME = 1024  # samples per AAC frame; PyAV's encoder wants whole frames
 
@@ -54,8 +58,6 @@ class Mp4Writer:
         self._size: tuple[int, int] | None = None
 
     def _open(self, height: int, width: int) -> None:
-        import av
-
         if height % 2 or width % 2:
             raise ValueError(f"H.264/yuv420p needs even frame sizes, got {width}x{height}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,8 +83,6 @@ class Mp4Writer:
 
     def write(self, frames: np.ndarray) -> None:
         """Encode ``frames`` (K×H×W×3 uint8 RGB; every chunk the same H and W)."""
-        import av
-
         frames = np.ascontiguousarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be F×H×W×3 uint8, got {frames.shape} {frames.dtype}")
@@ -104,8 +104,6 @@ class Mp4Writer:
         self._audio = np.asarray(audio, dtype=np.float32).reshape(-1)
 
     def _finish_streams(self, with_audio: bool) -> None:
-        import av
-
         for packet in self._vstream.encode():
             self._container.mux(packet)
         if self._astream is not None and with_audio:
@@ -312,8 +310,6 @@ def probe(path: str | Path) -> MediaInfo:
     rate (VFR) file is recognised. Raises :class:`MediaError` with a readable reason for a
     missing, empty, corrupt or non-media file.
     """
-    import av
-
     path = Path(path)
     _check_file(path)
     try:
@@ -435,8 +431,6 @@ class InMemoryVideo:
     """
 
     def __init__(self, path: str | Path):
-        import av
-
         path = Path(path)
         try:
             container = av.open(str(path), metadata_errors="ignore")
@@ -498,8 +492,6 @@ def open_video(path: str | Path, *, num_threads: int = 0):
     first frame, an :class:`InMemoryVideo` decoded with PyAV. decord leaks when readers
     live long, so open one per file and keep the block short.
     """
-    import decord
-
     path = Path(path)
     _check_file(path)
     try:
@@ -579,8 +571,6 @@ def fit_length(wave: np.ndarray, num_samples: int) -> np.ndarray:
 
 
 def _open_audio_container(path: Path):
-    import av
-
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
@@ -594,8 +584,6 @@ def _open_audio_container(path: Path):
 def _decoded_chunks(container, sample_rate: int):
     """The first audio stream, decoded in order and resampled to mono float32 at
     ``sample_rate``: one short chunk (one decoded frame) at a time."""
-    import av
-
     resampler = av.AudioResampler(format="fltp", layout="mono", rate=int(sample_rate))
     for frame in container.decode(container.streams.audio[0]):
         frame.pts = None  # let the resampler keep its own running clock
@@ -645,8 +633,6 @@ class AudioStream:
         self._whole: np.ndarray | None = None
 
     def _next_chunk(self) -> np.ndarray | None:
-        import av
-
         if self._whole is not None:
             return None
         try:
@@ -711,8 +697,6 @@ class AudioStream:
 
 
 def _read_audio_decord(path: Path, sample_rate: int) -> np.ndarray:
-    import decord
-
     reader = decord.AudioReader(
         str(path), ctx=decord.cpu(0), sample_rate=int(sample_rate), mono=True
     )
@@ -745,8 +729,6 @@ def read_audio(
     some stereo ones), which tests/test_media.py checks for. decord is the fallback for files
     PyAV cannot decode.
     """
-    import av
-
     path = Path(path)
     _check_file(path)
     try:
@@ -772,8 +754,6 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
     With ``size``, the image is centre-cropped to a square and resized to ``size×size``
     (the same framing as prepared training clips).
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     _check_file(path)
     try:
@@ -800,8 +780,6 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
     except (UnidentifiedImageError, OSError) as error:
         raise MediaError(path, f"not a readable image: {error}") from error
     if size is not None:
-        import cv2
-
         height, width = rgb.shape[:2]
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import hashlib
 import json
 import math
@@ -55,12 +56,16 @@ import re
 import signal
 import stat
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from singer.cli import UserError, entry_point
 from singer.data.media import (
@@ -271,8 +276,6 @@ class FaceDetector:
     def __init__(self):
         self.backend: str | None = None
         self._cascade = None
-        import cv2
-
         xml = Path(getattr(getattr(cv2, "data", None), "haarcascades", "") or "") / (
             "haarcascade_frontalface_default.xml"
         )
@@ -281,6 +284,7 @@ class FaceDetector:
             self.backend = "opencv-haar"
             return
         try:
+            # lazy: optional: scikit-image is a development extra, tried when OpenCV has no cascade
             from skimage.data import lbp_frontal_face_cascade_filename
             from skimage.feature import Cascade
 
@@ -291,8 +295,6 @@ class FaceDetector:
 
     def detect(self, frame: np.ndarray) -> tuple[float, float, float] | None:
         """The largest face in an ``H×W×3`` uint8 frame as (centre x, centre y, side) pixels, or None."""
-        import cv2
-
         if self.backend is None:
             return None
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
@@ -475,8 +477,6 @@ def _read_square_frames(
     reader, indices: np.ndarray, *, box: tuple[int, int, int], size: int, frame_bytes: int = 0
 ) -> np.ndarray:
     """Decode source frames ``indices``, crop the square ``box`` = (x, y, side), resize: ``K×size×size×3``."""
-    import cv2
-
     x, y, side = box
     frames = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     # A chunk at a time keeps memory small for large source frames.
@@ -620,8 +620,6 @@ def _prepare_clips(
 def _prepare_task(task: dict) -> dict:
     """Worker entry point (module level so a process pool can pickle it)."""
     try:
-        import cv2
-
         cv2.setNumThreads(1)  # parallelism comes from --workers, not from threads inside one
     except Exception:
         pass
@@ -645,8 +643,6 @@ def _die_with_parent(parent_pid: int) -> None:
     killed ``prepare`` leaves no decoders running.
     """
     if sys.platform.startswith("linux"):
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
             _watch_parent(parent_pid)
@@ -657,9 +653,6 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _watch_parent(parent_pid: int) -> None:
-    import threading
-    import time
-
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(1.0)
@@ -831,8 +824,6 @@ def prepare_folder(
     pipes as skipped, unopened) and every folder that could not be read. Files already
     prepared with the same settings are reused unless ``force``.
     """
-    from tqdm.auto import tqdm
-
     src, out = Path(src), Path(out)
     check_settings(
         size=size,
@@ -846,6 +837,8 @@ def prepare_folder(
     )
     check_folders(src, out)
     if separator != "none":
+        # lazy: start-up: the separators load torch (seconds), which preparing without one, and
+        # every spawned worker, does without
         from singer.separation import load_separator
 
         load_separator(separator, separator_args)  # a bad name, option or weight file fails here
@@ -967,6 +960,7 @@ class _SeparatedTrack:
     hour at 16 kHz), and separated in the separator's own bounded chunks."""
 
     def __init__(self, stream: AudioStream, span: int, settings: Settings):
+        # lazy: start-up: the separators load torch (seconds); see prepare_folder
         from singer.separation import separate
 
         mixture = stream.read(0, span)
@@ -1143,6 +1137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     separator_args = {}
     if args.separate != "none" or args.separator_arg:
+        # lazy: start-up: the separators load torch (seconds); see prepare_folder
         from singer.separation import check_separator
 
         try:  # an unknown name, a bad option or a missing weight file: say so before any work

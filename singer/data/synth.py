@@ -64,10 +64,13 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from scipy.io import wavfile
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import butter, lfilter, sosfilt
+from tqdm.auto import tqdm
 
 from singer.cli import UserError, entry_point
+from singer.data.media import write_mp4
 
 AUDIO_CAUSES = ("loudness", "pitch", "vibrato_phase", "f2", "held", "onset")
 FACE_CUES = ("mouth_open", "mouth_width", "brow", "sway", "eye_close", "nod")
@@ -978,8 +981,6 @@ def mix_accompaniment(
 
 def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
     """Float32 WAV, written whole and then renamed into place (same bytes for the same wave)."""
-    from scipy.io import wavfile
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     wavfile.write(tmp, int(sample_rate), np.asarray(wave, dtype=np.float32))
@@ -1106,8 +1107,6 @@ def _speaker_for(seed: int, index: int) -> Speaker:
 
 def _make_clip(task: dict) -> dict:
     """Generate and write clip ``task["index"]``; return its record. Runs in worker processes."""
-    from singer.data.media import write_mp4
-
     index, seed = task["index"], task["seed"]
     rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(1, index)))
     kind = clip_kind(index, task["kind"])
@@ -1165,8 +1164,6 @@ def generate_dataset(
     in the mixture, is written to ``vocals/<clip_id>.wav`` (float32) and named in the record's
     ``vocals``; ``accompaniment`` describes the bed. The face and the truth are unchanged.
     """
-    from tqdm.auto import tqdm
-
     if clips < 1:
         raise ValueError(f"clips must be at least 1, got {clips}")
     clip_kind(0, kind)  # validates kind

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+from tqdm.auto import tqdm
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -256,8 +257,6 @@ class GaussianDiffusion:
         x = x * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps
         if progress:
-            from tqdm.auto import tqdm
-
             timesteps = tqdm(timesteps, desc="DDIM", leave=False)
         for t in timesteps:
             t_batch = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)

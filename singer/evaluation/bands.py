@@ -35,8 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.signal import butter, sosfiltfilt
 
+from singer.data.estimator import estimate_face_params
 from singer.evaluation.bootstrap import bootstrap_ci
+from singer.evaluation.units import group_mean
 
 TABLE_COLUMNS = ("band", "lo_hz", "hi_hz", "target", "delta", "ci_lo", "ci_hi", "n")
 
@@ -56,8 +59,6 @@ def _butter_sos(lo: float, hi: float, sample_rate: int, order: int, mode: str) -
 
     ``None`` means the identity (pass everything) or, signalled by the caller, silence.
     """
-    from scipy.signal import butter
-
     nyquist = sample_rate / 2.0
     low_open, high_open = lo <= 0.0, hi >= nyquist
     if low_open and high_open:
@@ -74,8 +75,6 @@ def _butter_sos(lo: float, hi: float, sample_rate: int, order: int, mode: str) -
 
 def _filter(audio, lo: float, hi: float, sample_rate: int, *, method: str, order: int, mode: str):
     """Shared body of :func:`bandstop` / :func:`bandpass` for numpy arrays and torch tensors."""
-    from scipy.signal import sosfiltfilt
-
     is_tensor = torch.is_tensor(audio)
     data = (
         audio.detach().cpu().double().numpy() if is_tensor else np.asarray(audio, dtype=np.float64)
@@ -123,8 +122,6 @@ def bandpass(
 # -- cues from frames -----------------------------------------------------------------------
 def estimate_cues(video: torch.Tensor, cue_names: Sequence[str]) -> np.ndarray:
     """Cues read from generated frames: video ``B×3×F×H×W`` in [-1, 1] → ``B×F×K`` float64 (NaN: no face)."""
-    from singer.data.estimator import estimate_face_params
-
     frames = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     frames = frames.permute(0, 2, 3, 4, 1).cpu().numpy()  # B×F×H×W×3
     out = np.full((frames.shape[0], frames.shape[1], len(cue_names)), np.nan)
@@ -263,8 +260,6 @@ class BandSensitivity:
         were added: item deltas are averaged over seeds, then into their unit, and the interval
         resamples units (``n`` of them). Without ``units`` every item counts as one.
         """
-        from singer.evaluation.units import group_mean
-
         rows = []
         for band, (lo, hi) in enumerate(self.bands):
             for target in self.targets():
@@ -320,10 +315,12 @@ def plot_heatmap(
     [-1, 1], clipped; for R²); the cells are annotated with the raw values.
     Missing cells (NaN) stay blank, and a footnote says so with ``note_missing`` as the reason.
     """
+    # lazy: start-up: matplotlib, pandas and seaborn take seconds, and the evaluation package
+    # imports this module whether or not anything is plotted
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: start-up: after the backend is chosen
     import pandas as pd
     import seaborn as sns
 

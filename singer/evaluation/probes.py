@@ -29,11 +29,20 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
+from singer.config import CONFIG_MODULE
+from singer.data.dataset import face_cue_names
 from singer.evaluation.bands import band_label, bandpass
+from singer.evaluation.inputs import load_probe_batches
+from singer.evaluation.protocol import EvalProtocol
+from singer.registry import FRONTENDS
 
 TABLE_COLUMNS = ("frontend", "band", "lo_hz", "hi_hz", "cue", "r2", "ci_lo", "ci_hi", "n")
 FULL_BAND = "full"
@@ -56,6 +65,8 @@ class ProbeData:
 
 def grouped_folds(groups: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(train_idx, test_idx)`` for GroupKFold with ``min(folds, #groups)`` splits."""
+    # lazy: start-up: scikit-learn takes seconds to import, and the evaluation package loads
+    # this module whether or not anything is probed
     from sklearn.model_selection import GroupKFold
 
     n_groups = len(np.unique(groups))
@@ -152,8 +163,6 @@ def out_of_fold_predictions(
     matrices are small (frames × token values), so BLAS runs single-threaded here: contended
     BLAS threads on a busy CPU are many times slower.
     """
-    from threadpoolctl import threadpool_limits
-
     x, y, groups = _prepare(features, targets, groups)
     pred = np.full(y.shape, np.nan)
     finite = np.flatnonzero(np.isfinite(x).all(axis=1))
@@ -242,6 +251,7 @@ def unit_r2(
 
 def _fit_predict(x, y, groups, splits, alphas, inner_folds) -> np.ndarray:
     """Out-of-fold predictions ``N×K`` (the body of :func:`out_of_fold_predictions`)."""
+    # lazy: start-up: scikit-learn takes seconds to import (see grouped_folds)
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -334,8 +344,6 @@ def probe_frontend(
     (mean over seeds), its CI a cluster bootstrap over speakers (:func:`unit_r2`); ``n`` is the
     number of speakers.
     """
-    from tqdm.auto import tqdm
-
     rows = []
     conditions: list[tuple[str, float, float, tuple[float, float] | None]] = [
         (FULL_BAND, 0.0, sample_rate / 2.0, None)
@@ -387,16 +395,9 @@ def build_frontend_at_init(
     Raises the registry's unknown-name error, or the weights module's missing-file error for a
     front-end that needs a pretrained file.
     """
-    from omegaconf import OmegaConf
-
-    from singer.config import CONFIG_MODULE
-    from singer.registry import FRONTENDS
-
     FRONTENDS.check(name)
     kwargs: dict = {}
     try:
-        from importlib.resources import files
-
         text = files(CONFIG_MODULE).joinpath("frontend", f"{name}.yaml").read_text(encoding="utf-8")
         kwargs = OmegaConf.to_container(OmegaConf.create(text), resolve=True) or {}
     except (FileNotFoundError, OSError):
@@ -404,6 +405,8 @@ def build_frontend_at_init(
     if overrides:  # key=value relative to the front-end's config, e.g. random_init=true
         kwargs.update(OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))))
     kwargs.pop("name", None)
+    # lazy: start-up: a singer.models module loads every model (timm, diffusers: seconds),
+    # which importing the evaluation package does without
     from singer.models.spec import component_init
 
     with component_init(
@@ -436,13 +439,9 @@ def probe_frontends(
     ``key=value`` settings for that front-end (e.g. ``["random_init=true"]`` for wav2vec2).
     ``on_error="skip"`` records a front-end that cannot be built in ``errors`` and goes on.
     """
-    from singer.evaluation.protocol import EvalProtocol
-
     protocol = protocol or EvalProtocol()
     seeds = list(seeds if seeds is not None else protocol.seeds)
     if batches is None or sample_rate is None or fps is None:
-        from singer.evaluation.runner import load_probe_batches
-
         loaded_batches, cfg = load_probe_batches(
             checkpoint=checkpoint, data_cache=data_cache, protocol=protocol
         )
@@ -450,8 +449,6 @@ def probe_frontends(
         sample_rate = sample_rate or int(cfg.data.sample_rate)
         fps = fps or float(cfg.data.fps)
     if cue_names is None:
-        from singer.data.dataset import face_cue_names
-
         cue_names = face_cue_names()
     rows, errors = [], {}
     for name in names:

@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from singer.schema import rule, type_problems
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parent.parent / "conf" / "evaluate" / "default.yaml"
@@ -166,8 +169,6 @@ class EvalProtocol:
 
 
 def _plain(value):
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
@@ -178,9 +179,6 @@ def load_protocol(path: str | Path | None = None, overrides: Sequence[str] = ())
 
     Unknown keys are errors (a typo would otherwise silently evaluate something else).
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     known = {f.name for f in fields(EvalProtocol)}
     layers = [OmegaConf.load(DEFAULT_PROTOCOL)]
     if path is not None:

@@ -14,7 +14,6 @@ regenerates every band-stopped batch with exactly the noise of its full-band bat
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,9 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from singer import tracking
+from singer.data.dataset import face_cue_names
 from singer.evaluation.bands import BandSensitivity, bandstop, plot_heatmap, plot_sensitivity
-from singer.evaluation.protocol import EvalProtocol, load_protocol
+from singer.evaluation.inputs import (
+    EvaluationError,
+    load_batches,
+    load_probe_batches,
+    resolve_target,
+)
+from singer.evaluation.probes import probe_frontend, probe_frontends
+from singer.evaluation.protocol import EvalProtocol, ProtocolError, load_protocol
 from singer.evaluation.units import (
     Interval,
     derangement,
@@ -32,14 +41,12 @@ from singer.evaluation.units import (
     to_units,
     unit_interval,
 )
+from singer.metrics.base import EvalBatch
 from singer.metrics.motion import nanmean
+from singer.registry import METRICS
+from singer.weights import MissingWeightsError, WeightsChecksumError
 
-RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SEED_STRIDE = 1_000_003  # batch seeds s·STRIDE + b never collide for < 1e6 batches
-
-
-class EvaluationError(Exception):
-    """A problem with the request (missing checkpoint, unusable model or data): exit status 2."""
 
 
 class NotGenerativeError(EvaluationError):
@@ -114,8 +121,6 @@ class EvalResult:
         return out
 
     def to_dict(self) -> dict:
-        from singer.tracking import git_commit
-
         def clean(value):  # JSON has no NaN: write null
             return None if isinstance(value, float) and not np.isfinite(value) else value
 
@@ -132,7 +137,7 @@ class EvalResult:
             "unit_of_clip": self.unit_of_clip,
             "protocol": self.protocol.to_dict(),
             "protocol_hash": self.protocol_hash,
-            "git": git_commit(),
+            "git": tracking.git_commit(),
             "metrics": {k: clean(v) for k, v in self.metrics.items()},
             "ci": {k: [clean(lo), clean(hi)] for k, (lo, hi) in self.ci.items()},
             "n": dict(self.n),
@@ -150,199 +155,6 @@ class EvalResult:
         }
 
 
-# -- finding the checkpoint ---------------------------------------------------------------------
-def resolve_target(target: str | Path, *, uri: str | None = None) -> Path:
-    """A checkpoint file, a run directory, or an MLflow run id (via its ``out_dir`` tag) → checkpoint path."""
-    from singer import tracking
-    from singer.inference import resolve_checkpoint
-
-    path = Path(target)
-    if path.exists():
-        try:
-            return resolve_checkpoint(path)
-        except FileNotFoundError as err:
-            raise EvaluationError(str(err)) from None
-    if RUN_ID_PATTERN.fullmatch(str(target)):
-        try:
-            out_dir = tracking.run_out_dir(str(target), uri)
-        except LookupError as err:
-            raise EvaluationError(
-                f"{target} is not a file or directory, and as an MLflow run id: {err}"
-            ) from None
-        try:
-            return resolve_checkpoint(out_dir)
-        except FileNotFoundError as err:
-            raise EvaluationError(f"MLflow run {target} points to {out_dir}, but: {err}") from None
-    raise EvaluationError(
-        f"no checkpoint at {target} (give a .pt file, a run directory or an MLflow run id)"
-    )
-
-
-# -- data ---------------------------------------------------------------------------------------
-def _cache_dir(cfg, data_cache: str | Path | None, progress: bool) -> Path:
-    """The prepared clip cache to evaluate on: explicit, the config's, or SynthSing (made if needed)."""
-    if data_cache:
-        return Path(data_cache)
-    from singer.trainer import data_cache as config_cache
-
-    return config_cache(cfg, progress=progress)
-
-
-def center_square(batch: dict) -> dict:
-    """Centre-crop ``video``/``motion`` (``B×3×F×H×W``) and ``ref`` (``B×3×H×W``) to squares."""
-    h, w = batch["video"].shape[-2:]
-    if h == w:
-        return batch
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    out = dict(batch)
-    for key in ("video", "motion", "ref"):
-        out[key] = batch[key][..., top : top + side, left : left + side]
-    return out
-
-
-def select_windows(num_windows: int, count: int) -> list[int]:
-    """``count`` window indices spread evenly over ``range(num_windows)`` (all when fewer)."""
-    if num_windows <= count:
-        return list(range(num_windows))
-    return sorted({int(round(x)) for x in np.linspace(0, num_windows - 1, count)})
-
-
-def _open_dataset(cfg, protocol: EvalProtocol, *, split: str, data_cache, progress: bool):
-    from singer.data.dataset import ClipDataset
-
-    cache = _cache_dir(cfg, data_cache, progress)
-    kinds = list(cfg.data.kinds) if cfg.data.get("kinds") else None
-    try:
-        dataset = ClipDataset(
-            cache,
-            split=split,
-            num_frames=protocol.num_frames,
-            motion_frames=max(1, int(cfg.model.get("motion_frames", 0))),
-            val_fraction=cfg.data.val_fraction,
-            test_fraction=cfg.data.get("test_fraction", 0.0),
-            seed=cfg.data.get("split_seed", 0),
-            kinds=kinds,
-        )
-    except (FileNotFoundError, ValueError) as err:
-        raise EvaluationError(f"cannot read evaluation data from {cache}: {err}") from None
-    if len(dataset) == 0:
-        raise EvaluationError(
-            f"the '{split}' split of {cache} has no windows of {protocol.num_frames} frames; "
-            "try --split all or a smaller num_frames"
-        )
-    return dataset
-
-
-def pick_items(dataset, num_clips: int, windows_per_clip: int | None) -> list[int]:
-    """Dataset indices of the evaluated windows: ``num_clips`` clips taken round-robin over the
-    speakers (so they cover as many independent units as possible), and ``windows_per_clip``
-    windows of each (evenly spread; ``None`` = all, which makes a clip's frames contiguous)."""
-    from singer.data.dataset import clip_group
-
-    by_clip: dict[int, list[int]] = {}
-    for index, (position, _) in enumerate(dataset.windows):
-        by_clip.setdefault(position, []).append(index)
-    by_unit: dict[str, list[int]] = {}
-    for position in sorted(by_clip, key=lambda pos: str(dataset.clips[pos]["clip_id"])):
-        by_unit.setdefault(clip_group(dataset.clips[position]), []).append(position)
-    chosen: list[int] = []
-    queues = [list(positions) for _, positions in sorted(by_unit.items())]
-    while len(chosen) < num_clips and any(queues):
-        for queue in queues:
-            if queue and len(chosen) < num_clips:
-                chosen.append(queue.pop(0))
-    items = []
-    for position in sorted(chosen, key=lambda pos: str(dataset.clips[pos]["clip_id"])):
-        windows = by_clip[position]
-        keep = (
-            windows
-            if windows_per_clip is None
-            else [windows[i] for i in select_windows(len(windows), windows_per_clip)]
-        )
-        items.extend(keep)
-    return items
-
-
-def make_batches(items: list[dict], protocol: EvalProtocol) -> list[dict]:
-    """Collated, centre-cropped, resized batches of dataset items, in order."""
-    from singer.data.dataset import collate
-    from singer.trainer import _resize_batch
-
-    batches = []
-    for start in range(0, len(items), protocol.batch_size):
-        chunk = items[start : start + protocol.batch_size]
-        batches.append(_resize_batch(center_square(collate(chunk)), protocol.resolution))
-    return batches
-
-
-def load_batches(
-    cfg,
-    protocol: EvalProtocol,
-    *,
-    split: str,
-    count: int,
-    data_cache=None,
-    progress: bool = True,
-    warn_fewer: bool = True,
-    windows_per_clip: int | None = None,
-) -> list[dict]:
-    """Collated, centre-cropped, resized batches of ``count`` clips of ``split``.
-
-    Each batch holds ``video B×3×F×H×W``, ``audio B×S``, ``ref``, ``motion``, ``cues B×F×K``,
-    ``causes B×F×C``, ``has_cues``, ``clip_id``, ``speaker_id``, ``start``, ``identity``
-    (``F`` = ``protocol.num_frames``, ``H = W`` = ``protocol.resolution``).
-    """
-    if not protocol.is_resolved:
-        protocol = protocol.resolve(cfg)
-    dataset = _open_dataset(cfg, protocol, split=split, data_cache=data_cache, progress=progress)
-    indices = pick_items(dataset, count, windows_per_clip)
-    clips = len({dataset.windows[i][0] for i in indices})
-    if warn_fewer and clips < count:
-        warnings.warn(
-            f"the '{split}' split has only {clips} clips; evaluating those instead of {count}",
-            stacklevel=2,
-        )
-    return make_batches([dataset[i] for i in indices], protocol)
-
-
-def load_probe_batches(
-    *,
-    checkpoint=None,
-    cfg=None,
-    data_cache=None,
-    protocol: EvalProtocol | None = None,
-    progress: bool = True,
-):
-    """``(batches, cfg)`` of the probe windows (``protocol.probe_split``, at most ``probe_clips``).
-
-    The data config comes from ``cfg``, else from ``checkpoint``'s saved config, else from the
-    default training config.
-    """
-    from omegaconf import OmegaConf
-
-    if cfg is None and checkpoint is not None:
-        state = torch.load(resolve_target(checkpoint), map_location="cpu", weights_only=True)
-        cfg = OmegaConf.create(state["config"])
-    if cfg is None:
-        from singer.config import compose
-
-        cfg = compose([])
-    protocol = protocol or EvalProtocol()
-    if not protocol.is_resolved:
-        protocol = protocol.resolve(cfg)
-    batches = load_batches(
-        cfg,
-        protocol,
-        split=protocol.probe_split,
-        count=protocol.probe_clips,
-        data_cache=data_cache,
-        progress=progress,
-        warn_fewer=False,
-    )
-    return batches, cfg
-
-
 # -- generation and metrics -------------------------------------------------------------------------
 def generate_batch(
     loaded,
@@ -358,6 +170,8 @@ def generate_batch(
     ``audio`` (``B×S``) replaces the batch's audio (the band ablation); the noise depends only on
     ``(seed, batch_index)``.
     """
+    # lazy: start-up: a singer.models module loads every model (timm, diffusers: seconds),
+    # which importing the evaluation package does without
     from singer.models.spec import Conditions
 
     device = loaded.device
@@ -385,10 +199,6 @@ def build_metrics(protocol: EvalProtocol) -> dict:
     Unknown names raise the registry's error (listing the known ones); metrics that need a
     missing weight file raise ``singer.weights.MissingWeightsError``.
     """
-    from singer.evaluation.protocol import ProtocolError
-    from singer.registry import METRICS
-    from singer.weights import MissingWeightsError, WeightsChecksumError
-
     metrics = {}
     for name in protocol.metrics:
         kwargs = protocol.metric_kwargs.get(name) or {}
@@ -416,8 +226,6 @@ def reads_video(metric) -> bool:
 def make_eval_batch(
     batch: dict, video: torch.Tensor, audio: torch.Tensor, *, sample_rate: int, fps: float
 ):
-    from singer.metrics.base import EvalBatch
-
     return EvalBatch(
         generated=video,
         reference=batch["video"],
@@ -535,8 +343,6 @@ def evaluate_loaded(
     with each control's audio (``protocol.controls``); the audio-driven metrics (motion, sync)
     score every condition against the clip's truth. Values go item → clip → unit (speaker).
     """
-    from tqdm.auto import tqdm
-
     if loaded.spec.sample is None:
         raise NotGenerativeError(
             f"model '{loaded.spec.name}' does not generate video ({loaded.spec.description or 'no sample()'}); "
@@ -582,7 +388,6 @@ def evaluate_loaded(
 
     sensitivity = None
     if bands:
-        from singer.data.dataset import face_cue_names
 
         def band_metrics() -> dict:
             return {name: m for name, m in build_metrics(protocol).items() if reads_video(m)}
@@ -713,9 +518,6 @@ def _run_probes(
     loaded, protocol: EvalProtocol, data_cache, progress: bool
 ) -> tuple[list[dict], dict[str, str]]:
     """Probe the checkpoint's own front-end, then ``protocol.probe_frontends`` at their init."""
-    from singer.data.dataset import face_cue_names
-    from singer.evaluation.probes import probe_frontend, probe_frontends
-
     frontend = getattr(loaded.model, "frontend", None)
     if not isinstance(frontend, torch.nn.Module):
         raise EvaluationError(
@@ -792,8 +594,6 @@ def log_to_mlflow(
     result: EvalResult, files: dict[str, Path], *, uri: str | None, experiment: str
 ) -> str:
     """Log into the checkpoint's own MLflow run (a new run when that one is not in this store)."""
-    from singer import tracking
-
     run = None
     if result.run_id and tracking.find_run(result.run_id, uri) is not None:
         run = tracking.Run(result.run_id, uri)
@@ -860,6 +660,7 @@ def evaluate_checkpoint(
     checkpoint's MLflow run. Raises :class:`EvaluationError` (and the registry's / weights'
     errors) for problems with the request.
     """
+    # lazy: start-up: singer.inference loads the trainer and every model package (seconds)
     from singer.inference import load_model
 
     path = resolve_target(checkpoint)

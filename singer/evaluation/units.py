@@ -16,6 +16,7 @@ its interval excludes 0; otherwise it is a **tie**, reported as plainly as a win
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -160,8 +161,6 @@ class _quiet:
     """Silence numpy's all-NaN-slice warnings inside a block (the NaNs are handled)."""
 
     def __enter__(self):
-        import warnings
-
         self._ctx = warnings.catch_warnings()
         self._ctx.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)

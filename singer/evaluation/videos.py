@@ -28,15 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from singer.evaluation.protocol import EvalProtocol
-from singer.evaluation.runner import (
-    EvalResult,
-    EvaluationError,
-    _clip_level,
-    build_metrics,
-    summarise_units,
-)
+from singer.data.dataset import clip_group, load_clip, read_index
+from singer.data.media import MediaError, fit_length, read_audio, read_video, write_mp4
+from singer.evaluation.inputs import EvaluationError
+from singer.evaluation.protocol import EvalProtocol, load_protocol
+from singer.evaluation.runner import EvalResult, _clip_level, build_metrics, summarise_units
 from singer.evaluation.units import unit_interval
 from singer.metrics.base import EvalBatch
 from singer.metrics.motion import nanmean
@@ -71,8 +69,6 @@ def load_truth(data_dir: str | Path) -> tuple[list[dict], str]:
     Records are light (no frames): ``{stem, speaker, fps, sample_rate, num_frames, truth, load}``
     where ``load()`` decodes the frames when the clip is scored.
     """
-    from singer.data.dataset import clip_group, load_clip, read_index
-
     root = Path(data_dir)
     if (root / "index.jsonl").is_file():
         records = []
@@ -92,8 +88,6 @@ def load_truth(data_dir: str | Path) -> tuple[list[dict], str]:
         return records, "cache"
     meta = root / "meta.jsonl"
     if meta.is_file():
-        from singer.data.media import read_video
-
         records = []
         for line in meta.read_text(encoding="utf-8").splitlines():
             if not line.strip():
@@ -142,8 +136,6 @@ def _to_video(frames: np.ndarray) -> torch.Tensor:
 
 def reencode(frames: np.ndarray, audio: np.ndarray, fps: float, sample_rate: int, crf: int):
     """``(frames, audio)`` after an H.264 (CRF ``crf``) + AAC round trip through PyAV."""
-    from singer.data.media import read_audio, read_video, write_mp4
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "reencoded.mp4"
         even = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
@@ -155,8 +147,6 @@ def reencode(frames: np.ndarray, audio: np.ndarray, fps: float, sample_rate: int
 
 def read_generated(path: Path, truth: dict, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
     """A generated video's frames (at the truth's fps) and its own audio, checked for length."""
-    from singer.data.media import MediaError, fit_length, read_audio, read_video
-
     try:
         frames, _ = read_video(path, fps=truth["fps"])
     except (MediaError, OSError, RuntimeError, ValueError) as err:
@@ -192,10 +182,6 @@ def evaluate_videos(
 
     The per-file lines are ``{"file", "status": ok | missing | extra | error, "reason"}``.
     """
-    from tqdm.auto import tqdm
-
-    from singer.evaluation.protocol import load_protocol
-
     gen_dir = Path(gen_dir)
     if not gen_dir.is_dir():
         raise EvaluationError(f"{gen_dir} is not a folder of generated videos")

@@ -226,6 +226,7 @@ class InceptionV3Features(FeatureNet):
         sha256_key: str = "metric_kwargs.fid.sha256",
     ):
         super().__init__(device=device, batch_size=batch_size)
+        # lazy: start-up: torchvision takes seconds, which importing the metrics does without
         from torchvision.models.inception import Inception3
 
         if size < 75:

@@ -35,8 +35,10 @@ video add to the generated set only; with no reference at all the value is NaN.
 
 from __future__ import annotations
 
+import inspect
+
 from singer.metrics.base import EvalBatch, Metric
-from singer.metrics.features import build_feature_net
+from singer.metrics.features import FEATURE_NETS, build_feature_net
 from singer.metrics.frechet import METHODS, RunningStats, frechet_from_stats
 from singer.registry import METRICS
 
@@ -194,10 +196,6 @@ class GenericFrechet(FrechetMetric):
     name = "frechet"
 
     def __init__(self, features: str = "offline_frame", **kwargs):
-        import inspect
-
-        from singer.metrics.features import FEATURE_NETS
-
         accepted = (
             inspect.signature(FEATURE_NETS[features]).parameters if features in FEATURE_NETS else {}
         )

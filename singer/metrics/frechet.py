@@ -42,6 +42,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy import linalg
 
 METHODS = ("auto", "sqrtm", "eigh", "lowrank")
 
@@ -74,8 +75,6 @@ def trace_sqrt_product_sqrtm(
     sigma1: np.ndarray, sigma2: np.ndarray, *, eps: float = 1e-6, imag_tol: float = 1e-3
 ) -> float:
     """``tr((S1·S2)^½)`` with ``scipy.linalg.sqrtm`` (see the module docstring for the fallbacks)."""
-    from scipy import linalg
-
     sigma1 = np.asarray(sigma1, dtype=np.float64)
     sigma2 = np.asarray(sigma2, dtype=np.float64)
     with warnings.catch_warnings():  # scipy warns on singular input; the checks below decide

@@ -86,6 +86,7 @@ class SSIM(_FrameMetric):
         self.reset()
 
     def frame_scores(self, generated: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        # lazy: start-up: torchmetrics takes seconds, which importing the metrics does without
         from torchmetrics.functional.image import structural_similarity_index_measure
 
         if min(generated.shape[-2:]) < self.window:
@@ -124,6 +125,7 @@ class PSNR(_FrameMetric):
         self.reset()
 
     def frame_scores(self, generated: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        # lazy: start-up: torchmetrics takes seconds (see SSIM)
         from torchmetrics.functional.image import peak_signal_noise_ratio
 
         # In float64, so that frames that differ by tiny amounts still get exact values.

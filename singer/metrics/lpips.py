@@ -26,6 +26,7 @@ from torch import nn
 
 from singer.metrics.base import EvalBatch, Metric
 from singer.registry import METRICS
+from singer.weights import resolve_weights
 
 # Layers tapped in torchvision's ``features`` (after each ReLU that ends a stage).
 TAPS = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}
@@ -45,6 +46,7 @@ class LPIPSNet(nn.Module):
 
     def __init__(self, net: str = "alex"):
         super().__init__()
+        # lazy: start-up: torchvision takes seconds, which importing the metrics does without
         from torchvision import models
 
         if net not in TAPS:
@@ -105,8 +107,6 @@ class LPIPS(Metric):
         device: str = "auto",
         batch_size: int = 32,
     ):
-        from singer.weights import resolve_weights
-
         if net not in TAPS:
             raise ValueError(f"net must be one of {sorted(TAPS)}, got {net!r}")
         backbone = resolve_weights(

@@ -28,32 +28,13 @@ import torch
 
 from singer.metrics.base import EvalBatch, Metric, nanmean
 from singer.registry import METRICS
+from singer.separation.base import si_sdr
 
 KEYS = (
     "separation/si_sdr",
     "separation/si_sdr_mixture",
     "separation/si_sdr_improvement",
 )
-
-
-def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """SI-SDR in dB of ``estimate`` against ``reference`` (``B×S`` or ``S``) → ``B`` (or scalar).
-
-    Differentiable (the mask network trains on its negative). A silent reference gives NaN.
-    """
-    if estimate.shape != reference.shape:
-        raise ValueError(
-            f"si_sdr needs equal shapes, got {tuple(estimate.shape)} and {tuple(reference.shape)}"
-        )
-    estimate = estimate - estimate.mean(dim=-1, keepdim=True)
-    reference = reference - reference.mean(dim=-1, keepdim=True)
-    energy = reference.pow(2).sum(dim=-1, keepdim=True)
-    target = (estimate * reference).sum(dim=-1, keepdim=True) / energy.clamp_min(eps) * reference
-    noise = estimate - target
-    value = 10.0 * torch.log10(
-        target.pow(2).sum(-1).clamp_min(eps) / noise.pow(2).sum(-1).clamp_min(eps)
-    )
-    return torch.where(energy.squeeze(-1) > eps, value, torch.full_like(value, float("nan")))
 
 
 @METRICS.register("si_sdr")

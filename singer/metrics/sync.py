@@ -184,6 +184,8 @@ class SyncNetMetric(_SyncMetric):
         device: str = "auto",
         bgr: bool = True,
     ):
+        # lazy: start-up: a singer.models module loads every model (timm, diffusers: seconds),
+        # which importing the metrics package does without
         from singer.models.syncnet import load_syncnet_v2
 
         super().__init__(vshift=vshift, padding=padding)
@@ -197,6 +199,7 @@ class SyncNetMetric(_SyncMetric):
         ).to(self.device)
 
     def _embed(self, video, audio, sample_rate, fps):
+        # lazy: start-up: a singer.models module loads every model (see SyncNetMetric)
         from singer.models.syncnet import (
             MEL_SAMPLE_RATE,
             SYNCNET_V2_MFCC_FRAMES,
@@ -259,7 +262,9 @@ class OfflineSyncMetric(_SyncMetric):
     ):
         super().__init__(vshift=vshift, padding=padding)
         self.device = _device(device)
-        from singer.models.syncnet import load_expert
+        # lazy: start-up: loading a trained run needs singer.inference, the trainer and every
+        # model (seconds), which importing the metrics package does without
+        from singer.sync_expert import load_expert
 
         self.expert, loaded = load_expert(
             checkpoint,

@@ -32,7 +32,10 @@ import torch
 from torch import nn
 
 from singer.backbones.blocks import TimestepEmbedding, sinusoidal_embedding
+from singer.data.identity import identity_dict
+from singer.data.synth import render_face
 from singer.diffusion import GaussianDiffusion, cfg_combine, drop_conditions
+from singer.models.singer import _kwargs
 from singer.models.spec import (
     Conditions,
     ModelSpec,
@@ -41,6 +44,7 @@ from singer.models.spec import (
     register_model_spec,
 )
 from singer.registry import FRONTENDS
+from singer.wavelets import SpectralFilter1d
 
 CUES = ("mouth_open", "mouth_width", "brow", "sway", "eye_close", "nod")  # synth.FACE_CUES
 SIGNED = np.array([c == "sway" for c in CUES])  # sway lives in [-1, 1], the rest in [0, 1]
@@ -114,7 +118,6 @@ class CueDenoiser(nn.Module):
         filter_wavelet: str = "haar",
     ):
         super().__init__()
-        from singer.wavelets import SpectralFilter1d
 
         if bottleneck_filter not in ("sfm", "none"):
             raise ValueError(f"bottleneck_filter must be sfm or none, got {bottleneck_filter!r}")
@@ -265,9 +268,6 @@ class FaceParamDiffusion(nn.Module):
     def generate(self, conditions: Conditions, **options) -> torch.Tensor:
         """Cues rendered with each clip's identity → video ``B×3×F×H×W`` in [-1, 1] (H = W =
         the reference frame's size)."""
-        from singer.data.identity import identity_dict
-        from singer.data.synth import render_face
-
         extras = conditions.extras or {}
         if "identity" not in extras:
             raise ValueError(
@@ -285,8 +285,6 @@ class FaceParamDiffusion(nn.Module):
 
 
 def build_face_params(cfg) -> FaceParamDiffusion:
-    from singer.models.singer import _kwargs
-
     mc, seed = cfg.model, cfg.get("seed", 0)
     with component_init(seed, "frontend"):
         frontend = FRONTENDS.build(

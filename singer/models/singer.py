@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from singer.diffusion import GaussianDiffusion, cfg_combine, diffusion_for_codec, drop_conditions
@@ -180,8 +181,6 @@ class AudioDrivenDiffusion(nn.Module):
 
 def _kwargs(section) -> dict:
     """A config section without its ``name`` key, as plain Python kwargs."""
-    from omegaconf import OmegaConf
-
     data = (
         OmegaConf.to_container(section, resolve=True)
         if not isinstance(section, dict)

@@ -119,18 +119,6 @@ def get_model_spec(name: str) -> ModelSpec:
     return MODELS.get(name)
 
 
-def model_for_config(entry: str) -> ModelSpec | None:
-    """The ModelSpec that the ``model=<entry>`` config group entry selects (the one whose
-    ``config`` is ``entry``), or None when no registered model has that entry."""
-    found = [spec for spec in map(MODELS.get, MODELS.names()) if spec.config == entry]
-    if len(found) > 1:
-        raise ValueError(
-            f"models {', '.join(s.name for s in found)} all give config='{entry}'; "
-            "each model needs its own model/<config>.yaml"
-        )
-    return found[0] if found else None
-
-
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

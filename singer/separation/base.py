@@ -25,7 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchaudio.functional as AF
+import yaml
 from torch import nn
+from tqdm.auto import tqdm
 
 from singer.cli import UserError
 from singer.registry import SEPARATORS
@@ -60,8 +63,6 @@ class Separator(nn.Module):
     @torch.no_grad()
     def forward(self, mixture: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Separate ``mixture`` (``B×S`` or ``S``) chunk by chunk; returns the same shape on the CPU."""
-        from tqdm.auto import tqdm
-
         squeeze = mixture.dim() == 1
         wave = mixture.detach().float().cpu()
         wave = wave.reshape(1, -1) if squeeze else wave.reshape(wave.shape[0], -1)
@@ -92,6 +93,27 @@ class Separator(nn.Module):
         bar.close()
         out /= norm.clamp_min(1e-12)
         return out[0] if squeeze else out
+
+
+def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """SI-SDR in dB of ``estimate`` against ``reference`` (``B×S`` or ``S``) → ``B`` (or scalar);
+    the definition is in :mod:`singer.metrics.separation`, which scores separators with it.
+
+    Differentiable (the mask network trains on its negative). A silent reference gives NaN.
+    """
+    if estimate.shape != reference.shape:
+        raise ValueError(
+            f"si_sdr needs equal shapes, got {tuple(estimate.shape)} and {tuple(reference.shape)}"
+        )
+    estimate = estimate - estimate.mean(dim=-1, keepdim=True)
+    reference = reference - reference.mean(dim=-1, keepdim=True)
+    energy = reference.pow(2).sum(dim=-1, keepdim=True)
+    target = (estimate * reference).sum(dim=-1, keepdim=True) / energy.clamp_min(eps) * reference
+    noise = estimate - target
+    value = 10.0 * torch.log10(
+        target.pow(2).sum(-1).clamp_min(eps) / noise.pow(2).sum(-1).clamp_min(eps)
+    )
+    return torch.where(energy.squeeze(-1) > eps, value, torch.full_like(value, float("nan")))
 
 
 def chunk_spans(total: int, chunk: int, overlap: int) -> list[tuple[int, int]]:
@@ -128,8 +150,6 @@ def parse_separator_args(items: Iterable[str] | None) -> dict[str, Any]:
     Booleans, ``null`` and numbers that read back as written become those; anything else
     stays the string given (so a digest such as ``0123abc...`` is never turned into a number).
     """
-    import yaml
-
     args: dict[str, Any] = {}
     for item in items or ():
         key, sep, value = str(item).partition("=")
@@ -255,13 +275,9 @@ def separate(
     separator = load_separator(name, args, device=device)
     tensor = torch.from_numpy(np.ascontiguousarray(wave))
     if int(sample_rate) != separator.sample_rate:
-        import torchaudio.functional as AF
-
         tensor = AF.resample(tensor, int(sample_rate), separator.sample_rate)
     vocals = separator(tensor, progress=progress)
     if int(sample_rate) != separator.sample_rate:
-        import torchaudio.functional as AF
-
         vocals = AF.resample(vocals, separator.sample_rate, int(sample_rate))
         vocals = _fit(vocals, wave.shape[-1])
     return vocals.numpy().astype(np.float32)

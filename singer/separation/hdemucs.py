@@ -17,6 +17,8 @@ length, resampled to the model's rate, duplicated to stereo and separated in chu
 from __future__ import annotations
 
 import torch
+import torchaudio.functional as AF
+import torchaudio.models as M
 
 from singer.registry import SEPARATORS
 from singer.separation.base import Separator
@@ -64,7 +66,6 @@ class HDemucsSeparator(Separator):
             sha256_key="sha256",
             hint=HDEMUCS_HINT,
         )
-        import torchaudio.models as M
 
         self.model = getattr(M, f"hdemucs_{arch}")(sources=sources)
         try:
@@ -89,8 +90,6 @@ class HDemucsSeparator(Separator):
         return vocals * std + mean
 
     def separate_chunk(self, mixture: torch.Tensor) -> torch.Tensor:
-        import torchaudio.functional as AF
-
         length = mixture.shape[-1]
         x = AF.resample(mixture, self.sample_rate, self.model_sample_rate)
         x = x.unsqueeze(1).expand(-1, self.model.audio_channels, -1).contiguous()

@@ -30,13 +30,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from scipy.io import wavfile
+
+from singer.data.media import read_audio
+from singer.data.synth import generate_dataset
+from singer.evaluation.bootstrap import bootstrap_ci
+from singer.registry import METRICS, UnknownNameError
+from singer.separation.base import load_separator, parse_separator_args, separate
+from singer.weights import MissingWeightsError, WeightsChecksumError
 
 
 def _dataset(
     root: Path, *, clips: int, seed: int, seconds: float, vmr_db: float, style: str
 ) -> Path:
-    from singer.data.synth import generate_dataset
-
     folder = root / f"synthsing-n{clips}-seed{seed}-{seconds:g}s-{style}-vmr{vmr_db:+g}dB"
     if not (folder / ".complete").exists():
         generate_dataset(
@@ -57,10 +64,6 @@ def _dataset(
 
 def _clips(folder: Path) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     """``(clip_id, speaker_id, mixture S, vocals S)`` of a SynthSing set with accompaniment."""
-    from scipy.io import wavfile
-
-    from singer.data.media import read_audio
-
     out = []
     for line in (folder / "meta.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
@@ -87,12 +90,6 @@ def measure(
     progress: bool = True,
 ) -> dict:
     """Score every separator (name → options) at every level; return (and write) the results."""
-    import torch
-
-    from singer.evaluation.bootstrap import bootstrap_ci
-    from singer.registry import METRICS
-    from singer.separation.base import load_separator, separate
-
     out = Path(out)
     for name, args in separators.items():  # fail on a bad name or a missing file before any work
         if name != "none":
@@ -203,10 +200,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from singer.registry import UnknownNameError
-    from singer.separation.base import parse_separator_args
-    from singer.weights import MissingWeightsError, WeightsChecksumError
-
     p = argparse.ArgumentParser(
         prog="python -m singer.separation.measure",
         description="SI-SDR of vocal separators on held-out SynthSing clips with accompaniment.",
@@ -237,8 +230,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         options[name].append(rest)
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     try:
         separators = {name: parse_separator_args(items) for name, items in options.items()}
