@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 # Rank r draws its data/noise randomness from seed + r * RANK_SEED_STRIDE. The stride keeps the
 # per-rank streams apart from the small offsets (seed + 1, seed + 777, ...) the trainer adds to
@@ -234,7 +235,6 @@ def wrap(
     """
     if not env.enabled:
         return module
-    from torch.nn.parallel import DistributedDataParallel
 
     options = dict(options or {})
     kwargs = {

@@ -17,11 +17,23 @@ import os
 import sys
 
 import hydra
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import (
+    create_automatic_config_search_path,
+    detect_calling_file_or_module_from_task_function,
+    get_args_parser,
+)
+from hydra.core.config_search_path import SearchPathQuery
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf.errors import OmegaConfBaseException
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from singer import cli
+from singer import cli, tracking
 from singer.config import (
     ConfigError,
     check_hydra_overrides,
@@ -44,8 +56,6 @@ class PrepareTrackingStore(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from singer import tracking
-
         tracking.get_or_create_experiment(config.tracking.experiment, config.tracking.uri)
 
 
@@ -78,18 +88,6 @@ def check_command_line(argv: list[str]) -> None:
     (config files of ``--config-dir`` included). The rest of the config is validated too, so
     a bad value fails before any run directory or MLflow run exists.
     """
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import (
-        create_automatic_config_search_path,
-        detect_calling_file_or_module_from_task_function,
-        get_args_parser,
-    )
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from hydra.types import RunMode
-    from omegaconf.errors import OmegaConfBaseException
-
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.shell_completion:
         return
@@ -99,8 +97,6 @@ def check_command_line(argv: list[str]) -> None:
         calling_file, calling_module, args.config_path or CONFIG_PATH
     )
     if args.config_dir is not None:
-        from hydra.core.config_search_path import SearchPathQuery
-
         config_dir = os.path.abspath(args.config_dir)
         if not os.path.isdir(config_dir):
             raise ConfigError(f"--config-dir {config_dir} is not a folder", "check the path")

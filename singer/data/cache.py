@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 
 @contextmanager
 def _file_lock(path: Path):
@@ -35,7 +37,9 @@ def synthsing_dir(
     vmr_db: float = 0.0,
     music_style: str = "mixed",
 ) -> Path:
-    from singer.data.synth import SYNTH_VERSION  # lazy: scipy; the sweep CLI reads this module
+    # lazy: start-up: singer.data.synth loads scipy and the renderer; the sweep driver and the
+    # evaluator import this module for folder names alone
+    from singer.data.synth import SYNTH_VERSION
 
     # The generator version is part of the name: a cache of an older SynthSing is never reused.
     name = f"{kind}-n{clips}-seed{seed}-{size}px-{seconds:g}s-v{SYNTH_VERSION}"
@@ -50,8 +54,6 @@ def separation_options(data) -> dict[str, Any]:
     synth = data.get("synth") or {}
     args = data.get("separator_args") or {}
     if not isinstance(args, Mapping):  # an OmegaConf DictConfig
-        from omegaconf import OmegaConf
-
         args = OmegaConf.to_container(args, resolve=True)
     return {
         "accompaniment": bool(synth.get("accompaniment", False)),
@@ -89,8 +91,7 @@ def ensure_synthsing(
     on the soundtracks when they are prepared. Both are part of the folder names, so datasets
     and caches of different settings never mix.
     """
-    # lazy: scipy and the video tools, needed only when the cache is missing; the sweep CLI
-    # imports this module and starts without them
+    # lazy: start-up: scipy and the video tools, needed only when the cache is missing
     from singer.data.prepare import prepare_folder
     from singer.data.synth import generate_dataset
 

@@ -660,7 +660,7 @@ def evaluate_checkpoint(
     checkpoint's MLflow run. Raises :class:`EvaluationError` (and the registry's / weights'
     errors) for problems with the request.
     """
-    # lazy: start-up: singer.inference loads the trainer and every model package (seconds)
+    # lazy: start-up: singer.inference imports every model package (seconds)
     from singer.inference import load_model
 
     path = resolve_target(checkpoint)

@@ -262,8 +262,8 @@ class OfflineSyncMetric(_SyncMetric):
     ):
         super().__init__(vshift=vshift, padding=padding)
         self.device = _device(device)
-        # lazy: start-up: loading a trained run needs singer.inference, the trainer and every
-        # model (seconds), which importing the metrics package does without
+        # lazy: start-up: loading a trained run needs singer.inference and every model
+        # (seconds), which importing the metrics package does without
         from singer.sync_expert import load_expert
 
         self.expert, loaded = load_expert(

@@ -190,11 +190,11 @@ def plot_against_params(
     """Each metric (one panel): every arm's paired difference from the reference against param
     ``x`` (one line per ``hue``), with its interval; 0 = no difference. The reference's own
     value is in the panel title."""
-    # Imported here for start-up time: matplotlib takes seconds, and only a compared sweep plots.
+    # lazy: start-up: matplotlib takes seconds, and only a compared sweep plots
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: start-up (as above), after the backend is chosen
 
     params = {arm.label: arm.params for arm in arms}
     metrics = list(dict.fromkeys(r.metric for r in rows))
@@ -246,11 +246,11 @@ def plot_against_params(
 
 def plot_arms(rows: list[VerdictRow], path: Path) -> Path:
     """Without ``compare.plot``: each metric as bars over the arms, with intervals."""
-    # Imported here for start-up time: matplotlib takes seconds, and only a compared sweep plots.
+    # lazy: start-up: matplotlib takes seconds, and only a compared sweep plots
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: start-up (as above), after the backend is chosen
 
     metrics = list(dict.fromkeys(r.metric for r in rows))
     fig, axes = plt.subplots(len(metrics), 1, figsize=(7, 2.4 * len(metrics)), squeeze=False)

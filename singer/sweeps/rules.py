@@ -255,8 +255,8 @@ def check_evaluate(written: Any) -> dict | None:
     (``singer.evaluation``), and its ``eval/...`` metrics may be objectives."""
     if written is None:
         return None
-    # Imported here: singer.evaluation loads torch and the models, which a sweep file that
-    # evaluates nothing never needs.
+    # lazy: start-up: singer.evaluation loads torch and the models, which a sweep file that
+    # evaluates nothing never needs
     from singer.evaluation import ProtocolError, load_protocol
 
     overrides = [f"{k}={json.dumps(v)}" for k, v in (written.protocol or {}).items()]

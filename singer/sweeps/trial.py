@@ -141,8 +141,8 @@ class TrialJob(CheckpointableJob):
             return json.loads(done.read_text())
         (out_dir / ERROR_FILE).unlink(missing_ok=True)
 
-        # Imported here for start-up time: singer.trainer loads the model stack, and the driver
-        # imports this module for TrialJob (also for --dry-run).
+        # lazy: start-up: singer.trainer loads the model stack, and the driver imports this
+        # module for TrialJob (also for --dry-run)
         from singer.trainer import Trainer
 
         export_torch_distributed_env()  # a multi-task job trains one DDP run
@@ -227,8 +227,8 @@ class TrialJob(CheckpointableJob):
         """The sweep's evaluation of the trained checkpoint, logged into the trial's MLflow run."""
         if not self.evaluate:
             return {}
-        # Imported here for start-up time: it loads the metrics stack, which only the jobs of a
-        # sweep with an ``evaluate`` section need.
+        # lazy: start-up: it loads the metrics stack, which only the jobs of a sweep with an
+        # ``evaluate`` section need
         from singer.evaluation import evaluate_checkpoint, load_protocol
 
         result = evaluate_checkpoint(
