@@ -67,6 +67,14 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     rank: int = 0  # this process's DDP rank; only rank 0 has validated, logged and written
 
+    def write_summary(self, **extra) -> Path:
+        """``<out_dir>/result.json``: the scalar results and ``extra``."""
+        keys = ("step", "first_loss", "final_loss", "val_loss", "initial_val_loss", "run_id")
+        summary = {key: getattr(self, key) for key in keys} | extra
+        path = self.out_dir / "result.json"
+        path.write_text(json.dumps(summary, indent=2))
+        return path
+
 
 class _LossModule(torch.nn.Module):
     """``spec.loss(model, batch, generator)`` as a module's forward, so DistributedDataParallel
@@ -236,10 +244,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         ddp = self.tc.get("ddp") or {}
         created = distributed.init(
-            self.dist_env,
-            self.device,
-            backend=ddp.get("backend", "auto"),
-            timeout_min=ddp.get("timeout_min", 30),
+            self.dist_env, self.device, ddp.get("backend", "auto"), ddp.get("timeout_min", 30)
         )
         try:
             return self._fit()
@@ -362,20 +367,15 @@ class Trainer:
     ) -> TrainResult:
         """Log the final metrics, end the run, write ``result.json`` (rank 0)."""
         state, env = self.state, self.dist_env
-        first_loss = _mean(state.losses[:LOSS_WINDOW])
-        final_loss = _mean(state.losses[-LOSS_WINDOW:])
-        final = {"final/train_loss": final_loss, "final/first_loss": first_loss}
-        if val_metrics:
-            final["final/val_loss"] = val_metrics["val/loss"]
-            final["final/val_mse"] = val_metrics["val/mse"]
+        final = final_metrics(state.losses, val_metrics)
         run.log_metrics(final, step=state.step)
         run.end("FINISHED")
         result = TrainResult(
             step=state.step,
             out_dir=self.out_dir,
             checkpoint=self.checkpointer.path,
-            first_loss=first_loss,
-            final_loss=final_loss,
+            first_loss=final["final/first_loss"],
+            final_loss=final["final/train_loss"],
             val_loss=val_metrics.get("val/loss"),
             initial_val_loss=state.initial_val_loss,
             run_id=state.run_id,
@@ -384,11 +384,21 @@ class Trainer:
             rank=env.rank,
         )
         if env.is_main:
-            keys = ("step", "first_loss", "final_loss", "val_loss", "initial_val_loss", "run_id")
-            summary = {k: getattr(result, k) for k in keys}
-            summary.update(cache=str(cache), world_size=env.world_size)
-            (self.out_dir / "result.json").write_text(json.dumps(summary, indent=2))
+            result.write_summary(cache=str(cache), world_size=env.world_size)
         return result
+
+
+def final_metrics(losses: list[float], val_metrics: dict[str, float]) -> dict[str, float]:
+    """The run's closing numbers: training loss over the first and last ``LOSS_WINDOW`` steps,
+    and the last validation (none when validation had no batches)."""
+    final = {
+        "final/train_loss": _mean(losses[-LOSS_WINDOW:]),
+        "final/first_loss": _mean(losses[:LOSS_WINDOW]),
+    }
+    if val_metrics:
+        final["final/val_loss"] = val_metrics["val/loss"]
+        final["final/val_mse"] = val_metrics["val/mse"]
+    return final
 
 
 def train(cfg: DictConfig, out_dir: str | Path, **kwargs) -> TrainResult:
