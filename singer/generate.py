@@ -74,20 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         resolve_checkpoint,
         write_video,
     )
-    from singer.separation import check_separator, separate
+    from singer.separation import separate, separator_from_command_line
 
     # Everything that can be checked before the model loads is, so a mistake costs nothing
     # and the inputs are never touched.
     check_sampling(args.steps, args.guidance, args.seed)
-    separator_args = None
-    if args.separate != "none" or args.separator_arg:
-        try:  # an unknown name, a bad option or a missing weight file, before any work
-            separator_args = check_separator(args.separate, args.separator_arg)
-        except (KeyError, ValueError, OSError) as err:
-            raise UserError(
-                f"--separate {args.separate}: {err}",
-                "see python -m singer.registry separator and the README (singing over music)",
-            ) from err
+    separator_args = separator_from_command_line(args.separate, args.separator_arg)
     checkpoint = resolve_checkpoint(args.checkpoint)
     out = check_output(
         args.out,

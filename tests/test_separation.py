@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from singer.cli import UserError
 from singer.metrics.base import EvalBatch
 from singer.metrics.separation import SISDR, si_sdr
 from singer.registry import METRICS, SEPARATORS, UnknownNameError
@@ -16,6 +17,7 @@ from singer.separation import (
     load_separator,
     parse_separator_args,
     separate,
+    separator_from_command_line,
 )
 from singer.separation.base import chunk_spans
 from singer.separation.mask_net import MaskNet, Recipe, train_mask_net, training_pairs
@@ -64,6 +66,23 @@ def test_options_parse_and_are_checked():
     with pytest.raises(ValueError, match="no option"):
         check_separator("none", ["checkpoint=x"])
     assert check_separator("none") == {}
+
+
+def test_command_line_separator_options_are_one_user_error():
+    """``--separate``/``--separator-arg`` of prepare and generate: None when no separator is
+    asked for, the checked options otherwise, and one UserError (exit status 2) for a mistake."""
+    assert separator_from_command_line("none", []) is None
+    assert separator_from_command_line("mask_net", ["checkpoint=random"]) == {
+        "checkpoint": "random"
+    }
+    for name, items, words in (
+        ("demucs", [], "--separate demucs: .*Known separator names"),
+        ("none", ["checkpoint=x"], "--separate none: .*no option"),
+        ("mask_net", ["checkpoint"], "KEY=VALUE"),
+    ):
+        with pytest.raises(UserError, match=words) as info:
+            separator_from_command_line(name, items)
+        assert "python -m singer.registry separator" in info.value.todo
 
 
 # -- chunking -----------------------------------------------------------------------------------

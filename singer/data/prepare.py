@@ -1138,15 +1138,9 @@ def main(argv: list[str] | None = None) -> int:
     separator_args = {}
     if args.separate != "none" or args.separator_arg:
         # lazy: start-up: the separators load torch (seconds); see prepare_folder
-        from singer.separation import check_separator
+        from singer.separation import separator_from_command_line
 
-        try:  # an unknown name, a bad option or a missing weight file: say so before any work
-            separator_args = check_separator(args.separate, args.separator_arg)
-        except (KeyError, ValueError, OSError) as err:
-            raise PrepareError(
-                f"--separate {args.separate}: {err}",
-                "see python -m singer.registry separator and the README (singing over music)",
-            ) from err
+        separator_args = separator_from_command_line(args.separate, args.separator_arg)
     report = prepare_folder(
         args.src,
         args.out,

@@ -15,7 +15,6 @@ Importing this package registers every separator module in it in
 from singer.registry import import_submodules
 from singer.separation.base import (
     Separator,
-    add_separator_arguments,
     cache_separator,
     check_separator,
     load_separator,
@@ -30,7 +29,6 @@ import_submodules(__name__, __path__, skip=("measure", "train"))
 
 __all__ = [
     "Separator",
-    "add_separator_arguments",
     "cache_separator",
     "check_separator",
     "load_separator",

@@ -16,7 +16,6 @@ plain options (``{"checkpoint": "...", "sha256": "..."}``); no option is ever an
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 from collections.abc import Iterable, Mapping
@@ -218,24 +217,6 @@ def check_separator(name: str, items: Iterable[str] | None = None) -> dict[str, 
 
 class SeparatorOptionError(UserError, ValueError):
     """``--separate`` / ``--separator-arg`` that name no usable separator."""
-
-
-def add_separator_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--separate NAME`` and ``--separator-arg KEY=VALUE`` (repeatable) on a command's
-    parser; ``what`` says what the separated voice is used for."""
-    parser.add_argument(
-        "--separate",
-        default="none",
-        metavar="NAME",
-        help=f"vocal separator run on {what} (python -m singer.registry separator)",
-    )
-    parser.add_argument(
-        "--separator-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the separator, e.g. checkpoint=/weights/hdemucs_high.pt (repeatable)",
-    )
 
 
 def separator_from_command_line(name: str, items: Iterable[str] | None) -> dict[str, Any] | None:
