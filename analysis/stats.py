@@ -1,6 +1,6 @@
 """Aggregation over seeds (or runs) with percentile-bootstrap confidence intervals.
 
-The interval itself is the evaluator's :func:`singer.evaluation.bootstrap.bootstrap_ci`, so a
+The interval itself is the evaluator's :func:`singer.bootstrap.bootstrap_ci`, so a
 CI in a notebook means the same thing as a CI in ``eval/metrics.json``. Here the resampled
 units are runs (usually the seeds of one configuration): with one run per group the interval
 collapses to the point and ``n`` says so.
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.runs import require_columns
-from singer.evaluation.bootstrap import bootstrap_ci
+from singer.bootstrap import bootstrap_ci
 
 AGG_COLUMNS = ("mean", "ci_lo", "ci_hi", "n")
 

@@ -170,13 +170,6 @@ class Trainer:
         self.checkpointer.load(path, self._parts(), self.state, self.noise_gen)
 
     # one step -----------------------------------------------------------------------------
-    def _loss(
-        self, forward: Callable, batch: dict, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict]:
-        """``forward(batch, generator) → (loss, logs)`` under autocast and the SDPA kernel choice."""
-        with forward_context(self.device, self.amp_dtype, self.attention):
-            return forward(batch, generator)
-
     def train_step(self, batch: dict) -> tuple[float, dict, torch.Tensor]:
         """One optimisation step on a batch already on the device.
 
@@ -199,7 +192,8 @@ class Trainer:
             return self._optimize(batch)
 
     def _optimize(self, batch: dict) -> tuple[float, dict, torch.Tensor]:
-        loss, logs = self._loss(self._forward, batch, self.noise_gen)
+        with forward_context(self.device, self.amp_dtype, self.attention):
+            loss, logs = self._forward(batch, self.noise_gen)
         loss_value = distributed.mean(loss.detach(), self.dist_env)
         if not torch.isfinite(loss_value):
             raise NonFiniteLossError(f"loss is {loss_value.item()} at step {self.state.step}")
@@ -212,33 +206,11 @@ class Trainer:
         self.state.step += 1
         return loss_value.item(), logs, grad_norm
 
-    @torch.no_grad()
     def validate(self, val_loader: DataLoader) -> dict[str, float]:
-        """EMA-weight losses over the first ``val_batches`` val batches with fixed noise; ``{}``
-        when there are none.
-
-        ``val/loss`` is the training objective (min-SNR weighted); ``val/mse`` is unweighted,
-        so it stays comparable across loss weightings (e.g. when a sweep varies γ). Conditions
-        are never dropped here (``condition_dropout=False``): the classifier-free-guidance coin
-        would only add noise to a number meant to compare checkpoints.
-        """
-        generator = torch.Generator(device=self.noise_gen.device).manual_seed(
-            self.cfg.seed + 12_345
+        """:func:`validate` with this run's EMA weights."""
+        return validate(
+            self.spec, self.ema.model, val_loader, self.cfg, self.device, self.amp_dtype
         )
-        losses, mses = [], []
-        for i, batch in enumerate(val_loader):
-            if i >= self.tc.val_batches:
-                break
-            batch = to_device(resize_batch(batch, self.tc.size), self.device)
-            batch["condition_dropout"] = False
-            loss, logs = self._loss(
-                lambda b, g: self.spec.loss(self.ema.model, b, g), batch, generator
-            )
-            losses.append(float(loss))
-            mses.append(float(logs.get("mse", loss)))
-        if not losses:
-            return {}
-        return {"val/loss": _mean(losses), "val/mse": _mean(mses)}
 
     # the run ------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -386,6 +358,41 @@ class Trainer:
         if env.is_main:
             result.write_summary(cache=str(cache), world_size=env.world_size)
         return result
+
+
+@torch.no_grad()
+def validate(
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    val_loader: DataLoader,
+    cfg: DictConfig,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Losses of ``model`` over the first ``trainer.val_batches`` batches of ``val_loader``
+    with fixed noise (``seed + 12345``); ``{}`` when there are none.
+
+    ``val/loss`` is the training objective (min-SNR weighted); ``val/mse`` is unweighted, so it
+    stays comparable across loss weightings (e.g. when a sweep varies γ). Conditions are never
+    dropped here (``condition_dropout=False``): the classifier-free-guidance coin would only
+    add noise to a number meant to compare checkpoints.
+    """
+    tc = cfg.trainer
+    generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    generator.manual_seed(cfg.seed + 12_345)
+    losses, mses = [], []
+    for i, batch in enumerate(val_loader):
+        if i >= tc.val_batches:
+            break
+        batch = to_device(resize_batch(batch, tc.size), device)
+        batch["condition_dropout"] = False
+        with forward_context(device, amp_dtype, tc.get("attention", "auto")):
+            loss, logs = spec.loss(model, batch, generator)
+        losses.append(float(loss))
+        mses.append(float(logs.get("mse", loss)))
+    if not losses:
+        return {}
+    return {"val/loss": _mean(losses), "val/mse": _mean(mses)}
 
 
 def final_metrics(losses: list[float], val_metrics: dict[str, float]) -> dict[str, float]:

@@ -7,7 +7,7 @@
 Importing this package loads no model and writes nothing.
 """
 
-from singer.evaluation.bootstrap import bootstrap_ci
+from singer.bootstrap import bootstrap_ci
 from singer.evaluation.inputs import EvaluationError, resolve_target
 from singer.evaluation.protocol import EvalProtocol, ProtocolError, load_protocol
 from singer.evaluation.runner import (

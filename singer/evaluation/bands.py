@@ -38,7 +38,7 @@ import torch
 from scipy.signal import butter, sosfiltfilt
 
 from singer.data.estimator import estimate_face_params
-from singer.evaluation.bootstrap import bootstrap_ci
+from singer.bootstrap import bootstrap_ci
 from singer.evaluation.units import group_mean
 
 TABLE_COLUMNS = ("band", "lo_hz", "hi_hz", "target", "delta", "ci_lo", "ci_hi", "n")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from singer.evaluation.bootstrap import bootstrap_ci
+from singer.bootstrap import bootstrap_ci
 
 
 def group_mean(values: Sequence[float], groups: Sequence[str]) -> dict[str, float]:

@@ -35,7 +35,7 @@ from scipy.io import wavfile
 
 from singer.data.media import read_audio
 from singer.data.synth import generate_dataset
-from singer.evaluation.bootstrap import bootstrap_ci
+from singer.bootstrap import bootstrap_ci
 from singer.registry import METRICS, UnknownNameError
 from singer.separation.base import load_separator, parse_separator_args, separate
 from singer.weights import MissingWeightsError, WeightsChecksumError
