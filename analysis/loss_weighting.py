@@ -21,6 +21,12 @@ from pathlib import Path
 
 import torch
 
+from singer.config import compose
+from singer.data.batches import build_datasets, resize_batch
+from singer.diffusion import GaussianDiffusion
+from singer.inference import load_model
+from singer.trainer import train
+
 TIMESTEPS = (999, 950, 900, 700, 400, 100)
 
 
@@ -30,10 +36,6 @@ def unfloored(self, snr: torch.Tensor) -> torch.Tensor:
 
 
 def train_one(overrides: list[str], out: Path, weighting: str):
-    from singer.config import compose
-    from singer.diffusion import GaussianDiffusion
-    from singer.trainer import train
-
     original = GaussianDiffusion.loss_weight
     if weighting == "unfloored":
         GaussianDiffusion.loss_weight = unfloored
@@ -48,9 +50,6 @@ def train_one(overrides: list[str], out: Path, weighting: str):
 @torch.no_grad()
 def measure(cfg, checkpoint: Path, seed: int) -> dict[str, float]:
     """Unweighted v-MSE at each of ``TIMESTEPS`` and the x0 error at t = T−1, held-out windows."""
-    from singer.inference import load_model
-    from singer.data.batches import build_datasets, resize_batch
-
     loaded = load_model(checkpoint, device="cpu")
     model = loaded.model.eval()
     _, val, _ = build_datasets(cfg)

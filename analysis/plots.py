@@ -30,6 +30,7 @@ DEFAULT_TARGETS = (
 
 
 def _plt():
+    # lazy: start-up: matplotlib and seaborn take seconds; loading runs and stats needs neither
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -46,7 +47,7 @@ def save_figure(fig, results_dir: str | Path, name: str, *, close: bool = False)
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
     if close:
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy: start-up (see _plt)
 
         plt.close(fig)
     return paths

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from singer import tracking
+
 BAND_TABLE = "eval/band_sensitivity.json"
 PROBE_TABLE = "eval/probe_r2.json"
 BAND_COLUMNS = ("band", "lo_hz", "hi_hz", "target", "delta", "ci_lo", "ci_hi")
@@ -77,15 +79,13 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str = "fr
 
 # -- runs -------------------------------------------------------------------------------------
 def _client(uri: str | None):
-    from singer import tracking
-
     return tracking.client(uri)
 
 
 def _search(
     experiment_ids: list[str], filter_string: str, max_results: int = 100_000
 ) -> pd.DataFrame:
-    import mlflow
+    import mlflow  # lazy: start-up: mlflow takes seconds; analysis.stats and plots need none
 
     frame = mlflow.search_runs(
         experiment_ids=experiment_ids,
@@ -114,8 +114,6 @@ def load_runs(
     """
     if not experiment and not sweep:
         raise AnalysisError("load_runs needs an experiment name or a sweep name")
-    from singer import tracking
-
     client = _client(uri)
     where = tracking.tracking_uri(uri)
     if experiment:
@@ -164,7 +162,7 @@ def load_runs(
 
 def _sweep_exists(name: str) -> bool:
     """Whether any run of any experiment carries ``tags.sweep = name`` (``uri`` already set)."""
-    import mlflow
+    import mlflow  # lazy: start-up: mlflow takes seconds; analysis.stats and plots need none
 
     ids = [e.experiment_id for e in mlflow.search_experiments()]
     return bool(ids) and not _search(ids, f"tags.sweep = '{name}'", max_results=1).empty

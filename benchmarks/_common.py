@@ -27,6 +27,10 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/bench_x.py` from a ch
 
 import torch  # noqa: E402
 
+from singer.acceleration import resolve_device as trainer_device  # noqa: E402
+from singer.config import compose as _compose  # noqa: E402
+from singer.registry import BACKBONES  # noqa: E402
+
 
 # -- arguments ------------------------------------------------------------------------------------
 def parser(description: str) -> argparse.ArgumentParser:
@@ -54,8 +58,6 @@ def setup(args: argparse.Namespace) -> torch.device:
 
 
 def resolve_device(name: str) -> torch.device:
-    from singer.acceleration import resolve_device as trainer_device
-
     try:
         return trainer_device(name)
     except RuntimeError as err:  # CUDA asked for but absent: a message, not a traceback
@@ -151,15 +153,11 @@ def spread(values: Sequence[float]) -> float:
 
 # -- models and batches ---------------------------------------------------------------------------
 def compose(overrides: Sequence[str]):
-    from singer.config import compose as _compose
-
     return _compose(list(overrides))
 
 
 def backbone_status(name: str) -> str | None:
     """None when backbone ``name`` can be benchmarked, else why not (not registered / no config)."""
-    from singer.registry import BACKBONES
-
     if name not in BACKBONES:
         return f"backbone '{name}' is not registered (known: {', '.join(BACKBONES.names())})"
     if not (REPO / "singer" / "conf" / "backbone" / f"{name}.yaml").is_file():

@@ -25,12 +25,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
+import av  # noqa: E402
+import decord  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from singer.data.batches import BatchStream, build_datasets, resize_batch, to_device  # noqa: E402
+from singer.trainer import Trainer  # noqa: E402
 
 
 def decode_decord(path: Path) -> int:
-    import decord
-
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
     frames = reader.get_batch(list(range(len(reader)))).asnumpy()
     del reader
@@ -38,8 +42,6 @@ def decode_decord(path: Path) -> int:
 
 
 def decode_pyav(path: Path) -> int:
-    import av
-
     count = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -95,11 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     }
     result = {"benchmark": "bench_data", "machine": C.machine(device), "settings": settings}
-
-    from torch.utils.data import DataLoader
-
-    from singer.data.batches import BatchStream, build_datasets, resize_batch, to_device
-    from singer.trainer import Trainer
 
     overrides = [
         "trainer=cpu_tiny",

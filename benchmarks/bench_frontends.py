@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import torch  # noqa: E402
 
+from singer.models.spec import count_parameters, get_model_spec  # noqa: E402
+
 VARIANTS = {
     "mel": ["frontend=mel", "backbone.bottleneck_filter=none"],
     "raw": ["frontend=raw", "backbone.bottleneck_filter=none"],
@@ -79,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     reason = C.backbone_status(args.backbone)
     if reason is not None:
         return C.emit_skipped(result, reason, args.json, variants={})
-
-    from singer.models.spec import count_parameters, get_model_spec
 
     base = [
         "trainer=cpu_tiny",

@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import torch  # noqa: E402
 
+from singer.models.spec import Conditions, count_parameters, get_model_spec  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.splitlines()[0])
@@ -62,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
             "overrides": args.override,
         },
     }
-
-    from singer.models.spec import Conditions, count_parameters, get_model_spec
 
     names = [b.strip() for b in args.backbones.split(",") if b.strip()]
     backbones, rows, candidates, built = {}, [], {}, {}

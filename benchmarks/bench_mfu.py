@@ -20,6 +20,7 @@ Needs CUDA: without it the script says so and exits with status 0 (nothing measu
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -27,6 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from singer.models.singer import _kwargs  # noqa: E402
+from singer.registry import BACKBONES  # noqa: E402
 
 # Peak dense (no sparsity) bf16 tensor-core throughput, TFLOP/s, from the vendors' data sheets.
 # Matched against torch.cuda.get_device_name() by substring, first match wins.
@@ -88,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     if wants_cuda and not torch.cuda.is_available():
         print(NO_CUDA, file=sys.stderr)
         if args.json is not None:
-            import json
-
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(
                 json.dumps({"benchmark": "bench_mfu", "status": "skipped", "reason": NO_CUDA})
@@ -129,11 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error(
             f"no peak bf16 FLOP/s known for {result['machine'].get('gpu')!r}: give --peak-tflops"
         )
-
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from singer.models.singer import _kwargs
-    from singer.registry import BACKBONES
 
     cfg = C.compose(
         [

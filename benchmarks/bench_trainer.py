@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import torch  # noqa: E402
 
+from singer.trainer import Trainer  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.splitlines()[0])
@@ -55,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     reason = C.backbone_status(args.backbone)
     if reason is not None:
         return C.emit_skipped(result, reason, args.json)
-
-    from singer.trainer import Trainer
 
     cfg = C.compose(
         [

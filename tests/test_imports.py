@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("singer", "baselines")
+PACKAGES = ("singer", "baselines", "analysis", "benchmarks")
 LAZY_REASON = re.compile(r"#\s*lazy:\s*(start-up|optional)\b")
 
 

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-
-@contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock across processes (parallel sweep trials may start together)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+from singer.safe_io import file_lock
 
 
 def synthsing_dir(
@@ -113,7 +101,7 @@ def ensure_synthsing(
         if separator_args:
             text = json.dumps(separator_args, sort_keys=True, default=str)
             cache = cache.with_name(f"{cache.name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}")
-    with _file_lock(base.parent / f".{base.name}.lock"):
+    with file_lock(base.parent / f".{base.name}.lock"):
         done = raw / ".complete"
         if not done.exists():
             generate_dataset(

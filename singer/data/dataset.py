@@ -34,19 +34,15 @@ collate = default_collate
 
 SPLITS = ("train", "val", "test", "all")
 
-# Same names and order as ``singer.data.synth.FACE_CUES``; used only if that module is absent.
-_FALLBACK_FACE_CUES = ("mouth_open", "mouth_width", "brow", "sway", "eye_close", "nod")
 # The audio causes of SynthSing's truth (``singer.data.synth.AUDIO_CAUSES``), in this order.
 CAUSES = ("loudness", "pitch", "vibrato_phase", "f2", "held", "onset")
 
 
 def face_cue_names() -> tuple[str, ...]:
     """The per-frame cue names, in the order of the ``cues`` tensor's last axis."""
-    try:
-        # lazy: start-up: SynthSing loads scipy (a second) for what is here a list of names
-        from singer.data.synth import FACE_CUES
-    except ImportError:
-        return _FALLBACK_FACE_CUES
+    # lazy: start-up: SynthSing loads scipy (a second) for what is here a list of names
+    from singer.data.synth import FACE_CUES
+
     return tuple(FACE_CUES)
 
 
