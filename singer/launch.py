@@ -204,11 +204,15 @@ def load_profile(name: str) -> SlurmProfile:
         settings = schema.parse(ProfileSettings, data)
     except schema.SchemaError as err:
         raise ProfileError(f"{path}: {err}") from None
-    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(ProfileSettings)}
-    values.update(
-        setup=tuple(settings.setup), additional=_check_additional(path, settings.additional)
+    return SlurmProfile(
+        **{
+            **vars(settings),
+            "setup": tuple(settings.setup),
+            "additional": _check_additional(path, settings.additional),
+        },
+        name=name,
+        path=path,
     )
-    return SlurmProfile(**values, name=name, path=path)
 
 
 def _is_int_at_least(value: Any, low: int) -> bool:

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-
 from torch.utils.data import DataLoader, Dataset
 
 from singer.data.cache import data_cache
